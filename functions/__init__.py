@@ -1,0 +1,1 @@
+"""AWS Lambda functions: the HTTP API and the scheduler tick."""

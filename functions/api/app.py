@@ -1,0 +1,54 @@
+"""The FastAPI application. ``create_app()`` serves uvicorn (locally) and Mangum (Lambda)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from functions.api import dead_letters, errors, health, job_types, jobs
+from functions.api.body_limit import BodyLimit
+from shared.jobs import JobService
+from shared.registry import load
+from shared.settings import Settings, get_settings
+from shared.stores import Stores
+
+DESCRIPTION = """Durable job scheduler: PostgreSQL holds every job, Redis holds the queues,
+asyncio workers run them. Delivery is at least once; a late duplicate attempt cannot
+overwrite a newer one's result (fencing). Every error has the shape
+`{"error": {"code", "message", "details"}}`."""
+
+
+def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    stores = Stores(settings)
+    registry = load(settings.job_modules)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Connections open lazily on first use (Mangum runs lifespan per invocation, so
+        # it is off there); under uvicorn we close them on the way out.
+        yield
+        if close_on_shutdown:
+            await stores.close()
+
+    prefix = settings.api_prefix
+    app = FastAPI(
+        title="async-job-scheduler",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url=f"{prefix}/docs",
+        redoc_url=f"{prefix}/redoc",
+        openapi_url=f"{prefix}/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.stores = stores
+    app.state.service = JobService(stores, registry)
+    errors.install(app)
+    for router in (jobs.router, dead_letters.router, health.router, job_types.router):
+        app.include_router(router, prefix=prefix)
+    app.add_middleware(BodyLimit, limit=settings.max_payload_bytes,
+                       batch_limit=5 * 1024 * 1024)
+    return app

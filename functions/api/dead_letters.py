@@ -1,0 +1,56 @@
+"""/dead-letters: the jobs whose retries ran out (status FAILED): list, redrive, purge."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+
+from functions.api.deps import Service, decode_cursor, encode_cursor
+from shared.errors import Conflict
+from shared.models import CountResult, ErrorResponse, JobOut, JobPage, RedriveRequest
+from shared.status import Status
+
+router = APIRouter(prefix="/dead-letters", tags=["dead letter queue"])
+
+
+@router.get("", response_model=JobPage, summary="List dead-lettered jobs, newest first")
+async def list_dead(
+    service: Service,
+    job_type: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> JobPage:
+    store = await service.stores.store()
+    rows = await store.list_jobs(status=Status.FAILED, job_type=job_type,
+                                 before_seq=decode_cursor(cursor), limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JobPage(items=[JobOut.of(r) for r in rows],
+                   next_cursor=encode_cursor(rows[-1]["seq"]) if more else None)
+
+
+@router.post("/redrive", response_model=CountResult,
+             summary="Redrive every dead job (optionally of one type)")
+async def redrive_all(service: Service,
+                      body: Annotated[RedriveRequest | None, Body()] = None) -> CountResult:
+    rows = await service.redrive(job_type=body.job_type if body else None)
+    return CountResult(count=len(rows))
+
+
+@router.post("/{job_id}/redrive", response_model=JobOut,
+             responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+             summary="Redrive one dead job with a fresh set of attempts")
+async def redrive_one(job_id: uuid.UUID, service: Service) -> JobOut:
+    rows = await service.redrive(job_ids=[job_id])
+    if not rows:
+        row = await service.get(job_id)  # 404 if unknown
+        raise Conflict(f"job {job_id} is {row['status']}, not in the dead letter queue")
+    return JobOut.of(await service.get(job_id))
+
+
+@router.delete("", response_model=CountResult, summary="Purge dead jobs (optionally of a type)")
+async def purge(service: Service,
+                job_type: Annotated[str | None, Query(max_length=100)] = None) -> CountResult:
+    return CountResult(count=await service.purge_dead(job_type))

@@ -1,0 +1,42 @@
+"""/health: is each store reachable within a short timeout?"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from functions.api.deps import Service
+from functions.api.errors import error_response
+from shared.models import ErrorResponse, Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=Health,
+            responses={503: {"model": ErrorResponse, "description": "A dependency failed"}})
+async def health(service: Service) -> Health | JSONResponse:
+    timeout = service.settings.health_timeout
+
+    async def postgres() -> None:
+        pool = await service.stores.pool()
+        await pool.fetchval("SELECT 1", timeout=timeout)
+
+    async def redis() -> None:
+        await service.stores.redis.ping()
+
+    checks: dict[str, str] = {}
+    for name, probe in (("postgres", postgres), ("redis", redis)):
+        try:
+            await asyncio.wait_for(probe(), timeout)
+            checks[name] = "ok"
+        except Exception as exc:  # any failure: report it, never raise
+            checks[name] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    failed = [name for name, result in checks.items() if result != "ok"]
+    if failed:
+        return error_response(
+            503, "unavailable", f"unhealthy: {', '.join(failed)} unreachable",
+            [{"loc": [name], "msg": checks[name], "type": "dependency_failed"}
+             for name in failed])
+    return Health(status="ok", checks=checks)

@@ -1,0 +1,131 @@
+"""/jobs: create (one or a batch), read, list, stats, cancel."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+
+from functions.api.deps import Service, decode_cursor, encode_cursor
+from shared import metrics
+from shared.errors import PayloadTooLarge
+from shared.models import (
+    BatchResult,
+    ErrorResponse,
+    JobBatchCreate,
+    JobCreate,
+    JobDetail,
+    JobOut,
+    JobPage,
+    QueueStats,
+    Stats,
+    Transition,
+)
+from shared.status import Status
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255,
+    description="Repeat a create safely: the same key and body return the original job.")]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (404, 409, 413, 422)}
+
+
+def _check_payload_sizes(specs: list[JobCreate], limit: int, batch: bool) -> None:
+    for i, spec in enumerate(specs):
+        size = len(json.dumps(spec.payload, separators=(",", ":")).encode())
+        if size > limit:
+            loc = ["body", "jobs", i, "payload"] if batch else ["body", "payload"]
+            raise PayloadTooLarge(f"payload is {size} bytes, at most {limit} allowed",
+                                  [{"loc": loc, "msg": f"at most {limit} bytes",
+                                    "type": "too_large"}])
+
+
+@router.post("", status_code=201, response_model=JobOut, responses=ERRORS,
+             summary="Create a job")
+async def create_job(spec: JobCreate, service: Service, response: Response,
+                     idempotency_key: IdempotencyKey = None) -> JobOut:
+    _check_payload_sizes([spec], service.settings.max_payload_bytes, batch=False)
+    row, created = await service.create(spec, idempotency_key)
+    job = JobOut.of(row)
+    response.headers["Location"] = f"{service.settings.api_prefix}/jobs/{job.id}"
+    if created:
+        metrics.jobs_created_total.labels(job.job_type).inc()
+    else:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return job
+
+
+@router.post("/batch", status_code=201, response_model=BatchResult, responses=ERRORS,
+             summary="Create up to 1,000 jobs, all or nothing")
+async def create_batch(batch: JobBatchCreate, service: Service, response: Response,
+                       idempotency_key: IdempotencyKey = None) -> BatchResult:
+    _check_payload_sizes(batch.jobs, service.settings.max_payload_bytes, batch=True)
+    rows, created = await service.create_many(batch.jobs, idempotency_key)
+    jobs = [JobOut.of(r) for r in rows]
+    if created:
+        for job in jobs:
+            metrics.jobs_created_total.labels(job.job_type).inc()
+    else:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return BatchResult(jobs=jobs)
+
+
+@router.get("/stats", response_model=Stats, summary="Counts, queue depth, success rate")
+async def stats(service: Service) -> Stats:
+    store = await service.stores.store()
+    data = await store.stats()
+    queues = {}
+    names = {service.settings.queue, *(jt.queue for jt in service.registry.all())}
+    for name in sorted(names):
+        depth = await service.stores.queue(name).depth()
+        queues[name] = QueueStats(ready_by_priority=depth["ready_by_priority"],
+                                  delayed=depth["delayed"], processing=depth["leased"])
+    done = data["by_status"][Status.COMPLETED] + data["by_status"][Status.FAILED]
+    return Stats(
+        by_status=data["by_status"], by_type=data["by_type"], queues=queues,
+        success_rate=(data["by_status"][Status.COMPLETED] / done) if done else None,
+        retries=data["retries"], dead_letter_size=data["by_status"][Status.FAILED],
+    )
+
+
+@router.get("", response_model=JobPage, summary="List jobs, newest first")
+@router.get("/", response_model=JobPage, include_in_schema=False)
+async def list_jobs(
+    service: Service,
+    status: Status | None = None,
+    job_type: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> JobPage:
+    store = await service.stores.store()
+    rows = await store.list_jobs(status=status, job_type=job_type,
+                                 before_seq=decode_cursor(cursor), limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JobPage(items=[JobOut.of(r) for r in rows],
+                   next_cursor=encode_cursor(rows[-1]["seq"]) if more else None)
+
+
+@router.get("/{job_id}", response_model=JobDetail, responses=ERRORS, summary="Get a job")
+async def get_job(job_id: uuid.UUID, service: Service) -> JobDetail:
+    row = await service.get(job_id)
+    history = await (await service.stores.store()).history(job_id)
+    return JobDetail(**JobOut.of(row).model_dump(),
+                     history=[Transition.model_validate(dict(h)) for h in history])
+
+
+@router.delete("/{job_id}", response_model=JobOut, responses={
+    **ERRORS, 202: {"model": JobOut, "description": "Running: its worker was signalled"}},
+    summary="Cancel a job")
+async def cancel_job(job_id: uuid.UUID, service: Service, response: Response) -> JobOut:
+    outcome, row = await service.cancel(job_id)
+    if outcome == "requested":
+        response.status_code = 202
+    return JobOut.of(row)

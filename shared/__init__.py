@@ -1,0 +1,1 @@
+"""Code shared by the API function, the scheduler function and the worker pool."""

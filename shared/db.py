@@ -1,0 +1,44 @@
+"""asyncpg pool creation: JSON codecs, schema search path, and Lambda-friendly sizing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from shared.settings import Settings
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out as Python objects; compact separators keep payload bytes honest.
+    for name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            name,
+            encoder=lambda v: json.dumps(v, separators=(",", ":")),
+            decoder=json.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
+    """A pool bound to the running event loop.
+
+    Mangum keeps one loop per Lambda container, so a pool made lazily on first use lives
+    across warm invocations; ``db_pool_max=1`` there keeps one connection per container.
+    """
+    options: dict[str, Any] = {
+        "min_size": min(settings.db_pool_min, settings.db_pool_max),
+        "max_size": settings.db_pool_max,
+        "timeout": settings.db_connect_timeout,
+        "statement_cache_size": settings.db_statement_cache_size,
+        "server_settings": {
+            "search_path": settings.db_schema,
+            "application_name": "async-job-scheduler",
+        },
+        "init": _init_connection,
+    }
+    options.update(overrides)
+    pool = await asyncpg.create_pool(settings.database_url, **options)
+    assert pool is not None
+    return pool

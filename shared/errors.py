@@ -1,0 +1,50 @@
+"""Errors a user can cause, each with the HTTP status and code the API answers with.
+
+The API maps these in one place (functions/api/errors.py) to the single error shape
+``{"error": {"code", "message", "details"}}``; library callers catch them directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UserError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class ValidationFailed(UserError):
+    """Each detail names the bad field by its path: ``{"loc": [...], "msg": ...}``."""
+
+    status = 422
+    code = "validation_error"
+
+
+class NotFound(UserError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(UserError):
+    status = 409
+    code = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
+
+
+class PayloadTooLarge(UserError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unavailable(UserError):
+    status = 503
+    code = "unavailable"

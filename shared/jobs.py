@@ -1,0 +1,189 @@
+"""Creating and steering jobs: the verbs the API (and any Python caller) uses.
+
+Enqueue commits the row first, then pushes to Redis. If the push fails the row goes back
+to PENDING and the scheduler's sweep enqueues it later: the caller still gets its job,
+and nothing is lost (the status column is the outbox).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from shared.errors import Conflict, IdempotencyConflict, NotFound, ValidationFailed
+from shared.models import JobCreate
+from shared.queue import Placement
+from shared.registry import Registry
+from shared.status import Status
+from shared.store import JobStore, NewJob
+from shared.stores import Stores
+
+log = logging.getLogger(__name__)
+
+
+def request_hash(specs: Sequence[JobCreate]) -> str:
+    canonical = json.dumps([s.model_dump(mode="json") for s in specs], sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class JobService:
+    def __init__(self, stores: Stores, registry: Registry) -> None:
+        self.stores = stores
+        self.registry = registry
+        self.settings = stores.settings
+
+    # --- create ---------------------------------------------------------------------------
+
+    def _prepare(self, spec: JobCreate, loc: list[str | int], now: datetime) -> NewJob:
+        jt = self.registry.get(spec.job_type)
+        if jt is None:
+            raise ValidationFailed(
+                f"unknown job_type {spec.job_type!r}; known types: "
+                + ", ".join(self.registry.names()),
+                [{"loc": [*loc, "job_type"], "msg": "unknown job type; known: "
+                  + ", ".join(self.registry.names()), "type": "unknown_job_type"}],
+            )
+        try:
+            payload = jt.parse(spec.payload).model_dump(mode="json", exclude_unset=True)
+        except ValidationError as exc:
+            details = [{"loc": [*loc, "payload", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                       for e in exc.errors(include_url=False)]
+            first = details[0]
+            raise ValidationFailed(
+                f"invalid payload for job_type {spec.job_type!r}: "
+                f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}",
+                details,
+            ) from None
+        status = Status.QUEUED
+        if spec.scheduled_at is not None:
+            horizon = now + timedelta(seconds=self.settings.schedule_lookahead_seconds)
+            if spec.scheduled_at > horizon:
+                status = Status.PENDING
+        return NewJob(
+            job_type=jt.name,
+            payload=payload,
+            priority=spec.priority if spec.priority is not None else jt.priority,
+            max_retries=(spec.max_retries if spec.max_retries is not None
+                         else jt.max_retries if jt.max_retries is not None
+                         else self.settings.default_max_retries),
+            timeout_seconds=(spec.timeout_seconds or jt.timeout_seconds
+                             or self.settings.default_timeout_seconds),
+            queue=jt.queue,
+            scheduled_at=spec.scheduled_at,
+            status=status,
+        )
+
+    async def create(self, spec: JobCreate, idempotency_key: str | None = None
+                     ) -> tuple[asyncpg.Record, bool]:
+        """Create one job. Returns the job and False when it is an idempotent replay."""
+        rows, created = await self.create_many([spec], idempotency_key, batch=False)
+        return rows[0], created
+
+    async def create_many(self, specs: Sequence[JobCreate], idempotency_key: str | None = None,
+                          *, batch: bool = True) -> tuple[list[asyncpg.Record], bool]:
+        """Validate every job first (all or nothing), then one INSERT and one Redis push."""
+        if len(specs) > self.settings.batch_max_jobs:
+            raise ValidationFailed(
+                f"a batch holds at most {self.settings.batch_max_jobs} jobs, got {len(specs)}",
+                [{"loc": ["body", "jobs"], "msg": f"at most {self.settings.batch_max_jobs} "
+                  "jobs", "type": "too_long"}])
+        now = datetime.now(UTC)
+        new = [self._prepare(s, ["body", "jobs", i] if batch else ["body"], now)
+               for i, s in enumerate(specs)]
+        digest = request_hash(specs) if idempotency_key else None
+        if idempotency_key:
+            keys = ([f"{idempotency_key}#{i}" for i in range(len(new))] if batch
+                    else [idempotency_key])
+            new = [replace(j, idempotency_key=k, request_hash=digest)
+                   for j, k in zip(new, keys, strict=True)]
+        store = await self.stores.store()
+        rows = await store.insert(new)
+        if len(rows) < len(new):
+            return await self._replay(store, new, rows, digest), False
+        return await self._push(store, rows), True
+
+    async def _replay(self, store: JobStore, new: Sequence[NewJob],
+                      inserted: Sequence[asyncpg.Record], digest: str | None
+                      ) -> list[asyncpg.Record]:
+        # Some keys existed already. Only a complete, identical earlier request is a replay;
+        # anything else is a conflict, and whatever this request did insert is undone.
+        keys = [j.idempotency_key for j in new if j.idempotency_key]
+        existing = await store.get_by_idempotency_keys(keys)
+        fresh = {r["id"] for r in inserted}
+        earlier = [r for r in existing if r["id"] not in fresh]
+        if inserted:
+            await store.pool.execute("DELETE FROM jobs WHERE id = ANY($1::uuid[])", list(fresh))
+        if len(earlier) == len(new) and all(r["request_hash"] == digest for r in earlier):
+            order = {k: i for i, k in enumerate(keys)}
+            return sorted(earlier, key=lambda r: order[r["idempotency_key"]])
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body",
+            [{"loc": ["header", "Idempotency-Key"], "msg": "key reused with another body",
+              "type": "idempotency_conflict"}])
+
+    async def _push(self, store: JobStore, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
+        by_queue: dict[str, list[Placement]] = {}
+        for r in rows:
+            if r["status"] == Status.QUEUED:
+                by_queue.setdefault(r["queue"], []).append(Placement.of(r))
+        failed: list[uuid.UUID] = []
+        for queue, placements in by_queue.items():
+            try:
+                await self.stores.queue(queue).push(placements)
+            except (RedisError, OSError) as exc:
+                log.warning("redis push failed, jobs left PENDING for the sweep: %s", exc)
+                failed.extend(p.job_id for p in placements)  # type: ignore[misc]
+        if failed:
+            await store.mark_pending(failed, "redis unavailable at enqueue")
+            fetched = {r["id"]: r for r in await store.pool.fetch(
+                "SELECT * FROM jobs WHERE id = ANY($1::uuid[])", failed)}
+            rows = [fetched.get(r["id"], r) for r in rows]
+        return rows
+
+    # --- steer -------------------------------------------------------------------------------
+
+    async def get(self, job_id: uuid.UUID) -> asyncpg.Record:
+        row = await (await self.stores.store()).get(job_id)
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return row
+
+    async def cancel(self, job_id: uuid.UUID) -> tuple[str, asyncpg.Record]:
+        """Cancel at once if waiting; signal the worker if running; 409 if finished."""
+        store = await self.stores.store()
+        outcome, row = await store.cancel(job_id, "cancelled by request")
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        if outcome == "refused":
+            raise Conflict(f"job {job_id} is {row['status']} and can no longer be cancelled")
+        queue = self.stores.queue(row["queue"])
+        try:
+            if outcome == "cancelled":
+                await queue.remove([(row["id"], row["job_type"])])
+            else:
+                await queue.request_cancel(row["id"])
+        except (RedisError, OSError) as exc:
+            # PostgreSQL already holds the decision: a stale Redis entry is refused at claim,
+            # and a running job's worker sees cancel_requested when it settles.
+            log.warning("cancel of %s recorded, Redis not told: %s", job_id, exc)
+        return outcome, row
+
+    async def redrive(self, *, job_ids: Sequence[uuid.UUID] | None = None,
+                      job_type: str | None = None) -> list[asyncpg.Record]:
+        store = await self.stores.store()
+        rows = await store.redrive(job_ids=job_ids, job_type=job_type)
+        return await self._push(store, list(rows))
+
+    async def purge_dead(self, job_type: str | None = None) -> int:
+        return await (await self.stores.store()).purge_dead(job_type)
+

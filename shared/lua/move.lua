@@ -1,0 +1,31 @@
+-- Take jobs out of the lease (or reaped) set and put each where its outcome says.
+-- KEYS: types, delayed, delayed_meta, lease, reaped, cancel, signal
+-- ARGV: base, then (id, type, action, ready_score, due_ms) per job, where action is
+--   'drop'    the job is finished (or not ours): forget it
+--   'ready'   back to its ready queue (graceful shutdown, recovered lease)
+--   'delay'   to the delayed set until due_ms (retry backoff, lock still held elsewhere)
+local base = ARGV[1]
+local wake = false
+for i = 2, #ARGV, 5 do
+  local id, jtype, action, score, due = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+    ARGV[i + 4]
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[5], id)
+  redis.call('ZREM', base .. ':running:' .. jtype, id)
+  if action == 'ready' then
+    redis.call('ZADD', base .. ':ready:' .. jtype, 'NX', score, id)
+    redis.call('SADD', KEYS[1], jtype)
+    wake = true
+  elseif action == 'delay' then
+    redis.call('ZADD', KEYS[2], due, id)
+    redis.call('HSET', KEYS[3], id, jtype .. '|' .. score)
+    wake = true
+  else
+    redis.call('SREM', KEYS[6], id)
+  end
+end
+if wake then
+  redis.call('RPUSH', KEYS[7], '1')
+  redis.call('LTRIM', KEYS[7], -64, -1)
+end
+return 1

@@ -1,0 +1,1 @@
+"""The worker pool: an asyncio process that drains one Redis queue."""

@@ -1,0 +1,38 @@
+"""``python -m worker``: run one worker process until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from shared.registry import load
+from shared.settings import Settings
+from worker.pool import Worker
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--concurrency", type=int, help="jobs at once (AJS_WORKER_CONCURRENCY)")
+    parser.add_argument("--queue", help="queue to drain (AJS_QUEUE)")
+    return parser.parse_args(argv)
+
+
+async def serve(settings: Settings) -> None:
+    worker = Worker(settings, load(settings.job_modules))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    overrides = {k: v for k, v in {"worker_concurrency": args.concurrency,
+                                   "queue": args.queue}.items() if v is not None}
+    settings = Settings(**overrides)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
