@@ -1,0 +1,193 @@
+"""Fixtures: every test gets its own PostgreSQL schema and Redis key prefix on the real
+servers (DATABASE_URL / REDIS_URL, default: the local ones), migrated with alembic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from shared import migrate
+from shared.jobs import JobService
+from shared.registry import Registry, load
+from shared.settings import Settings
+from shared.store import JobStore
+from shared.stores import Stores
+from tests.support.jobtypes import RUNS_DDL
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_MODULES = ["tests.support.jobtypes"]
+
+
+def make_settings(schema: str, prefix: str, **overrides: Any) -> Settings:
+    """Fast settings for tests: short leases, quick retries, no jitter."""
+    values: dict[str, Any] = {
+        "database_url": DATABASE_URL,
+        "redis_url": REDIS_URL,
+        "db_schema": schema,
+        "redis_prefix": prefix,
+        "job_modules": TEST_MODULES,
+        "db_pool_max": 5,
+        "lease_seconds": 5.0,
+        "reap_interval_seconds": 0.5,
+        "idle_poll_seconds": 0.5,
+        "retry_backoff_base": 0.2,
+        "retry_backoff_factor": 2.0,
+        "retry_jitter": 0.0,
+        "shutdown_grace_seconds": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a subprocess (worker, function) these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AJS_")}
+    for name, value in settings.model_dump().items():
+        if name == "worker_id":
+            continue
+        if isinstance(value, list):
+            value = ",".join(value)
+        env[f"AJS_{name.upper()}"] = str(value)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.fixture
+def namespace() -> str:
+    return "t_" + secrets.token_hex(5)
+
+
+@pytest.fixture
+async def settings(namespace: str) -> AsyncIterator[Settings]:
+    s = make_settings(namespace, namespace)
+    await asyncio.to_thread(migrate.upgrade, s.database_url, s.db_schema)
+    conn = await asyncpg.connect(DATABASE_URL, server_settings={"search_path": namespace})
+    try:
+        await conn.execute(RUNS_DDL)
+    finally:
+        await conn.close()
+    yield s
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
+    finally:
+        await conn.close()
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in r.scan_iter(match=f"*{namespace}*", count=1000)]
+        if keys:
+            await r.delete(*keys)
+    finally:
+        await r.aclose()
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return load(TEST_MODULES)
+
+
+@pytest.fixture
+async def stores(settings: Settings) -> AsyncIterator[Stores]:
+    s = Stores(settings)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def store(stores: Stores) -> JobStore:
+    return await stores.store()
+
+
+@pytest.fixture
+async def db(stores: Stores) -> asyncpg.Pool:
+    return await stores.pool()
+
+
+@pytest.fixture
+async def service(stores: Stores, registry: Registry) -> JobService:
+    return JobService(stores, registry)
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real FastAPI app in process, over the test's schema and prefix."""
+    from functions.api.app import create_app
+
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        yield client
+    await app.state.stores.close()
+
+
+class WorkerHandle:
+    """A Worker running as a task of the test's event loop."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        from worker.pool import Worker
+
+        self.worker = Worker(settings, registry)
+        self.task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        self.worker.stop()
+        await asyncio.wait_for(self.task, 30)
+
+
+@pytest.fixture
+async def start_worker(settings: Settings, registry: Registry
+                       ) -> AsyncIterator[Any]:
+    """Start in-process workers: ``await start_worker(concurrency=1)``."""
+    handles: list[WorkerHandle] = []
+
+    async def start(**overrides: Any) -> WorkerHandle:
+        s = settings.model_copy(update={"worker_id": f"w{len(handles)}-{secrets.token_hex(3)}",
+                                        **overrides})
+        handle = WorkerHandle(s, registry)
+        handles.append(handle)
+        return handle
+
+    yield start
+    for h in handles:
+        if not h.task.done():
+            await h.stop()
+        else:
+            with contextlib.suppress(BaseException):
+                h.task.result()
+
+
+@pytest.fixture
+async def spawn(settings: Settings, tmp_path: Path) -> AsyncIterator[Any]:
+    """Start real OS processes (``python -m worker`` and friends) with the test's settings.
+    Each one's output goes to a log file under tmp_path (``proc.log_path``)."""
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(*args: str, **overrides: Any) -> asyncio.subprocess.Process:
+        env = settings_env(settings.model_copy(update=overrides))
+        log_path = tmp_path / f"proc{len(procs)}.log"
+        with open(log_path, "wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, *args, cwd=str(ROOT), env=env, stdout=log, stderr=log)
+        proc.log_path = log_path  # type: ignore[attr-defined]
+        procs.append(proc)
+        return proc
+
+    yield start
+    for p in procs:
+        if p.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await p.wait()

@@ -1,0 +1,1 @@
+"""Test support: job types for tests, condition waits, worker processes."""
