@@ -52,11 +52,12 @@ def make_settings(schema: str, prefix: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a subprocess (worker, function) these settings."""
+def settings_env(settings: Settings, worker_id: bool = False) -> dict[str, str]:
+    """The environment that gives a subprocess (worker, function) these settings; the
+    worker id is left to the process (host-pid) unless ``worker_id`` is set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AJS_")}
     for name, value in settings.model_dump().items():
-        if name == "worker_id":
+        if name == "worker_id" and not worker_id:
             continue
         if isinstance(value, list):
             value = ",".join(value)
@@ -176,8 +177,9 @@ async def spawn(settings: Settings, tmp_path: Path) -> AsyncIterator[Any]:
     procs: list[asyncio.subprocess.Process] = []
 
     async def start(*args: str, **overrides: Any) -> asyncio.subprocess.Process:
-        env = settings_env(settings.model_copy(update=overrides))
-        log_path = tmp_path / f"proc{len(procs)}.log"
+        env = settings_env(settings.model_copy(update=overrides),
+                           worker_id="worker_id" in overrides)
+        log_path = tmp_path / f"proc-{secrets.token_hex(4)}.log"
         with open(log_path, "wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, *args, cwd=str(ROOT), env=env, stdout=log, stderr=log)

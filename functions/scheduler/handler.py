@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -18,10 +19,20 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from functions.scheduler.tick import tick
 from shared.logs import get_logger
 from shared.registry import load
+from shared.secret_settings import resolve_secrets
 from shared.settings import get_settings
 from shared.stores import Stores
 
+
+class ScheduledEvent(EventBridgeModel):
+    """EventBridge's envelope; ``version`` is optional because the event that
+    ``sam local generate-event cloudwatch scheduled-event`` prints has none."""
+
+    version: str = "0"
+
+
 logger = get_logger("scheduler")
+tracer = Tracer(service="scheduler")  # off outside Lambda / POWERTOOLS_TRACE_DISABLED
 _loop = asyncio.new_event_loop()
 _stores: Stores | None = None
 
@@ -29,14 +40,15 @@ _stores: Stores | None = None
 def _get_stores() -> Stores:
     global _stores
     if _stores is None:
-        settings = get_settings()
+        settings = resolve_secrets(get_settings())
         _stores = Stores(settings)
     return _stores
 
 
 @logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    scheduled = parse(event=event, model=EventBridgeModel)
+    scheduled = parse(event=event, model=ScheduledEvent)
     stores = _get_stores()
     registry = load(stores.settings.job_modules)
     summary = _loop.run_until_complete(tick(stores, registry))

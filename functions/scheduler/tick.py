@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from functions.scheduler.publish import publish
 from shared.maintenance import Summary, promote_due, reconcile, recover_expired
 from shared.registry import Registry
 from shared.store import JobStore
@@ -42,6 +43,8 @@ async def tick(stores: Stores, registry: Registry) -> dict[str, Any]:
             summary.add(await reconcile(store, queues, settings.lease_seconds,
                                         settings.reconcile_page_size))
             summary.depth = {name: await q.depth() for name, q in queues.items()}
+            # Inside the lock: one publisher at a time (see functions/scheduler/publish.py).
+            published = await publish(stores, store, registry.names(), summary)
         finally:
             await conn.fetchval(UNLOCK_SQL)
-    return {"skipped": False, **asdict(summary)}
+    return {"skipped": False, **asdict(summary), "metrics_published": published}

@@ -1,0 +1,70 @@
+"""Fencing tokens and the Redlock: a late attempt cannot overwrite a newer one."""
+
+from __future__ import annotations
+
+import uuid
+
+from shared.locks import Redlock
+from shared.models import JobCreate
+from shared.status import Status
+from shared.store import Outcome
+from tests.support.servers import redis_servers
+
+
+async def test_late_attempt_is_fenced_out(service, store):
+    row, _ = await service.create(JobCreate(job_type="noop", payload={}))
+    first = await store.claim([row["id"]], "worker-a")
+    assert first[0]["attempts"] == 1
+    # worker-a pauses; its lease expires and the job is recovered and claimed again
+    recovered = await store.recover([row["id"]])
+    assert recovered[0]["status"] == "QUEUED"
+    second = await store.claim([row["id"]], "worker-b")
+    assert second[0]["attempts"] == 2
+
+    late = await store.settle([Outcome(row["id"], 1, Status.COMPLETED, result={"by": "a"})])
+    assert late == []
+    current = await store.settle([Outcome(row["id"], 2, Status.COMPLETED, result={"by": "b"})])
+    assert [r["id"] for r in current] == [row["id"]]
+    final = await store.get(row["id"])
+    assert final["result"] == {"by": "b"} and final["attempts"] == 2
+
+
+async def test_claim_refuses_jobs_no_longer_waiting(service, store):
+    row, _ = await service.create(JobCreate(job_type="noop", payload={}))
+    await service.cancel(row["id"])
+    assert await store.claim([row["id"]], "worker-a") == []
+
+
+async def test_graceful_release_keeps_the_attempt_count(service, store):
+    row, _ = await service.create(JobCreate(job_type="noop", payload={}))
+    await store.claim([row["id"]], "worker-a")
+    released = await store.release([(row["id"], 1)], "shutdown")
+    assert released[0]["id"] == row["id"]
+    again = await store.get(row["id"])
+    assert (again["status"], again["attempts"]) == ("QUEUED", 0)
+
+
+async def test_redlock_needs_a_majority_of_independent_nodes():
+    with redis_servers(3) as nodes:
+        lock = Redlock.from_urls([n.url for n in nodes], "t")
+        a, b = Redlock.new_token("a"), Redlock.new_token("b")
+        names = [str(uuid.uuid4()) for _ in range(3)]
+        try:
+            held, busy = await lock.acquire(names, a, 10)
+            assert held == names and busy == {}
+            held_b, busy_b = await lock.acquire(names, b, 10)
+            assert held_b == [] and set(busy_b) == set(names)
+            assert all(0 < wait <= 10 for wait in busy_b.values())
+
+            nodes[0].stop()  # one node down of three: a majority remains
+            assert await lock.extend(names, a, 10) == names
+            await lock.release(names, a)
+            held_b, _ = await lock.acquire(names, b, 10)
+            assert held_b == names
+
+            nodes[1].stop()  # two down: no majority, nothing can be locked
+            fresh = [str(uuid.uuid4())]
+            held_c, busy_c = await lock.acquire(fresh, a, 10)
+            assert held_c == [] and list(busy_c) == fresh
+        finally:
+            await lock.close()
