@@ -1,0 +1,115 @@
+"""The Redis scripts on their own: claim order and batch size, limits, idle waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from shared.queue import Placement, RedisQueue, TypeLimit, connect
+from tests.support.servers import RedisServer
+
+
+def _placements(n: int, job_type: str = "a", priority: int = 5, start: int = 1,
+                due_ms: int = 0) -> list[Placement]:
+    return [Placement(uuid.uuid4(), job_type, priority, start + i, due_ms) for i in range(n)]
+
+
+TYPES = [TypeLimit("a"), TypeLimit("b")]
+
+
+async def test_claim_takes_at_most_the_free_slots_in_priority_then_fifo_order(stores):
+    queue = stores.queue()
+    low = _placements(5, "a", priority=9, start=1)
+    high = _placements(5, "b", priority=2, start=100)
+    await queue.push(low + high)
+    claimed, _ = await queue.claim(7, 30, TYPES)
+    assert [c[0] for c in claimed] == [str(p.job_id) for p in high + low[:2]]
+    rest, _ = await queue.claim(10, 30, TYPES)
+    assert [c[0] for c in rest] == [str(p.job_id) for p in low[2:]]
+    assert await stores.redis.zcard(queue.k_lease) == 10
+
+
+async def test_claim_skips_types_the_worker_does_not_know(stores):
+    queue = stores.queue()
+    await queue.push(_placements(3, "unknown"))
+    claimed, _ = await queue.claim(10, 30, TYPES)
+    assert claimed == []
+
+
+async def test_concurrency_limit_is_shared_and_freed_on_settle(stores):
+    queue = stores.queue()
+    await queue.push(_placements(5, "a"))
+    limited = [TypeLimit("a", concurrency=2)]
+    first, _ = await queue.claim(10, 30, limited)
+    second, _ = await queue.claim(10, 30, limited)  # another worker: none left under the cap
+    assert len(first) == 2 and second == []
+    await queue.move([(first[0][0], "a", "drop", 0, 0)])
+    third, _ = await queue.claim(10, 30, limited)
+    assert len(third) == 1
+
+
+async def test_rate_limit_window_and_wake_hint(stores):
+    queue = stores.queue()
+    await queue.push(_placements(5, "a"))
+    limited = [TypeLimit("a", rate=2, per_ms=500)]
+    first, _ = await queue.claim(10, 30, limited)
+    second, wake = await queue.claim(10, 30, limited)
+    assert len(first) == 2 and second == []
+    assert wake is not None and 0 < wake <= 0.501
+    await asyncio.sleep(wake)  # the window the script named has passed
+    third, _ = await queue.claim(10, 30, limited)
+    assert len(third) == 2
+
+
+async def test_delayed_jobs_are_promoted_when_due_and_not_before(stores):
+    queue = stores.queue()
+    now = await queue.now_ms()
+    [job] = _placements(1, "a", due_ms=now + 300)
+    await queue.push([job])
+    claimed, wake = await queue.claim(10, 30, TYPES)
+    assert claimed == [] and wake is not None and 0 < wake <= 0.3
+    await asyncio.sleep(wake)
+    claimed, _ = await queue.claim(10, 30, TYPES)
+    assert [c[0] for c in claimed] == [str(job.job_id)]
+    assert await queue.now_ms() >= now + 300
+
+
+async def test_idle_worker_does_not_busy_poll(settings, registry, start_worker):
+    """An idle worker blocks on the signal list: a handful of commands per second."""
+    server = RedisServer()
+    try:
+        s = settings.model_copy(update={"redis_url": server.url})
+        handle = await start_worker(redis_url=server.url, idle_poll_seconds=1.0)
+        probe = connect(server.url)
+        try:
+            for _ in range(100):  # until the worker is up and waiting
+                if handle.worker.ready:
+                    break
+                await asyncio.sleep(0.05)
+            await probe.config_resetstat()
+            started = time.monotonic()
+            await asyncio.sleep(3.0)  # the interval being measured
+            stats = await probe.info("commandstats")
+            elapsed = time.monotonic() - started
+        finally:
+            await probe.aclose()
+        # Round trips the worker made (commands run inside scripts do not count).
+        trips = sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0)
+                    for c in ("evalsha", "eval", "blpop", "ping", "get", "set"))
+        per_second = trips / elapsed
+        assert per_second < 10, f"{per_second:.1f} commands/s while idle"
+        # and it still wakes at once when work arrives
+        queue = RedisQueue(connect(s.redis_url), s.redis_prefix)
+        try:
+            await queue.push(_placements(1, "noop"))
+            for _ in range(100):
+                if not await queue.redis.zcard(queue.ready_key("noop")):
+                    break
+                await asyncio.sleep(0.01)
+            assert await queue.redis.zcard(queue.ready_key("noop")) == 0
+        finally:
+            await queue.redis.aclose()
+        await handle.stop()
+    finally:
+        server.stop()
