@@ -24,17 +24,19 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:5432/postgres",
         validation_alias=AliasChoices("AJS_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL, the source of truth.",
     )
     db_schema: str = Field("public", description="PostgreSQL schema holding the tables.")
-    db_pool_min: int = 1
+    db_pool_min: int = Field(1, description="Connections a pool keeps open.")
     db_pool_max: int = Field(10, description="Lambda containers use 1: one connection each.")
     db_statement_cache_size: int = Field(
         100, description="Set 0 behind pgbouncer in transaction mode or RDS Proxy."
     )
-    db_connect_timeout: float = 5.0
+    db_connect_timeout: float = Field(5.0, description="Seconds to wait for a connection.")
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("AJS_REDIS_URL", "REDIS_URL"),
+        description="Redis: queues, leases, locks (rebuilt from PostgreSQL if lost).",
     )
     redis_prefix: str = Field("ajs", description="Prefix of every Redis key we write.")
     queue: str = Field("default", description="Queue the worker drains and jobs default to.")
@@ -42,19 +44,22 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Independent Redis nodes for the per-job Redlock; empty means REDIS_URL.",
     )
-    health_timeout: float = 1.0
+    health_timeout: float = Field(1.0, description="Seconds each /health probe may take.")
 
     # --- jobs ---------------------------------------------------------------------------
     job_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Modules that register user job types (imported at start-up).",
     )
-    default_max_retries: int = 3
-    default_timeout_seconds: float = 300.0
-    max_payload_bytes: int = 256 * 1024
-    retry_backoff_base: float = 5.0
-    retry_backoff_factor: float = 5.0
-    retry_backoff_max: float = 3600.0
+    default_max_retries: int = Field(
+        3, description="Retries after the first attempt, unless the job or its type says.")
+    default_timeout_seconds: float = Field(
+        300.0, description="Per-attempt time limit, unless the job or its type says.")
+    max_payload_bytes: int = Field(256 * 1024, description="Largest request body (413 above).")
+    retry_backoff_base: float = Field(5.0, description="First retry delay (seconds).")
+    retry_backoff_factor: float = Field(5.0, description="Each further retry waits this × "
+                                        "longer: 5 s, 25 s, 125 s by default.")
+    retry_backoff_max: float = Field(3600.0, description="Longest retry delay (seconds).")
     retry_jitter: float = Field(0.1, description="Fraction of the delay added or taken at random.")
     schedule_lookahead_seconds: float = Field(
         90.0,
@@ -63,22 +68,104 @@ class Settings(BaseSettings):
     )
 
     # --- worker -------------------------------------------------------------------------
-    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    worker_concurrency: int = Field(10, ge=1)
-    lease_seconds: float = Field(30.0, gt=0)
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+                           description="Names the worker in leases, history and metrics; "
+                           "default: host-pid.")
+    worker_concurrency: int = Field(10, ge=1, description="Jobs one worker runs at once.")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="A running job's lease; a worker silent this long is "
+        "presumed dead and its jobs are recovered.")
     heartbeat_seconds: float = Field(0.0, description="0 means a third of lease_seconds.")
-    reap_interval_seconds: float = 5.0
+    reap_interval_seconds: float = Field(
+        5.0, description="How often each worker looks for expired leases.")
     idle_poll_seconds: float = Field(1.0, description="Longest wait before looking again.")
-    shutdown_grace_seconds: float = 25.0
-    settle_batch_max: int = 500
+    shutdown_grace_seconds: float = Field(
+        25.0, description="On SIGTERM, how long running jobs may finish before they are "
+        "handed back to the queue (attempt not spent).")
+    settle_batch_max: int = Field(500, description="Most outcomes written in one commit.")
 
     # --- API ----------------------------------------------------------------------------
-    api_prefix: str = "/api/v1"
-    list_limit_max: int = 500
-    batch_max_jobs: int = 1000
+    api_prefix: str = Field("/api/v1", description="Path prefix of every API route.")
+    list_limit_max: int = Field(500, description="Largest page of GET /jobs.")
+    batch_max_jobs: int = Field(1000, description="Most jobs in one POST /jobs/batch.")
 
     # --- scheduler function ---------------------------------------------------------------
-    reconcile_page_size: int = 1000
+    reconcile_page_size: int = Field(
+        1000, description="Jobs the scheduler's reconcile pass checks per round trip.")
+
+    # --- observability --------------------------------------------------------------------
+    pushgateway_url: str = Field(
+        "", description="Prometheus Pushgateway base URL (http://host:9091); empty: workers "
+        "and the scheduler push nothing and the API keeps no shared counters.")
+    push_interval_seconds: float = Field(10.0, gt=0, description="How often a worker pushes.")
+    push_timeout_seconds: float = Field(2.0, gt=0, description="Per push or delete request.")
+    probe_port: int = Field(
+        0, ge=0, le=65535, description="Worker port for /metrics, /healthz, /readyz; 0: off.")
+    probe_host: str = Field("0.0.0.0", description="Interface the worker's probes listen on.")
+    # --- end observability ----------------------------------------------------------------
+
+    # --- deployment -----------------------------------------------------------------------
+    # Secrets stay out of the environment: the functions and the worker name where the
+    # secret lives and shared.secret_settings reads it once at cold start.
+    database_url_secret_arn: str = Field(
+        "", description="Secrets Manager secret (ARN or name) holding the database URL, or "
+        "RDS's JSON {username, password, host, port, dbname} completed from DATABASE_URL.")
+    redis_url_parameter: str = Field(
+        "", description="SSM parameter (SecureString) holding the Redis URL.")
+    # --- end deployment -------------------------------------------------------------------
+
+    # --- job types ------------------------------------------------------------------------
+    # Empty strings mean "not set" (not None): settings travel to subprocesses as env text.
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str = Field(
+        "", description="Endpoint for every AWS client (LocalStack, moto); empty: real AWS.")
+    email_backend: str = Field("ses", pattern="^(ses|smtp)$",
+                               description="ses (boto3) or smtp (aiosmtplib).")
+    email_sender: str = Field("no-reply@example.com", description="From address of emails.")
+    email_rate_limit: int = Field(
+        10, ge=1, description="Emails started per second across all workers (read at import).")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_tls: str = Field("auto", pattern="^(auto|starttls|tls|none)$",
+                          description="auto: STARTTLS when the server offers it.")
+    smtp_timeout_seconds: float = 30.0
+    webhook_secret: str = Field(
+        "", description="Standard Webhooks signing secret: 'whsec_' + base64 of the key.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Default per delivery.")
+    webhook_retry_after_max: float = Field(
+        3600.0, description="Longest Retry-After a receiver may ask for (seconds).")
+    webhook_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR) the SSRF guard admits although loopback, private, "
+        "link-local or otherwise not global. Comma-separated in the environment.",
+    )
+    reports_bucket: str = Field("", description="Default S3 bucket for generated reports.")
+    report_url_seconds: int = Field(3600, ge=1, le=604800,
+                                    description="Lifetime of a report's presigned URL.")
+    image_max_pixels: int = Field(
+        40_000_000, ge=1, description="Larger images are refused as decompression bombs.")
+    image_max_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    data_max_groups: int = Field(
+        100_000, ge=1, description="Distinct group_by keys one job may hold in memory.")
+
+    @field_validator("webhook_allowlist", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allowlist")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in value:
+            ipaddress.ip_network(net, strict=False)  # ValueError names the bad entry
+        return value
+    # --- end job types --------------------------------------------------------------------
 
     @field_validator("lock_redis_urls", "job_modules", mode="before")
     @classmethod
