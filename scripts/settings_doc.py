@@ -1,4 +1,5 @@
-"""Print the configuration table that README.md carries (``python -m scripts.settings_doc``).
+"""The configuration table that README.md carries: ``python -m scripts.settings_doc``
+prints it, ``--write`` puts it into README.md between its markers.
 
 The table is generated from :class:`shared.settings.Settings`, and a test checks the
 README holds exactly this output, so the documentation cannot drift from the code.
@@ -45,5 +46,19 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def render(readme: str) -> str:
+    """README text with the table between the markers replaced by the current one."""
+    head, _, rest = readme.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return head + table() + tail
+
+
 if __name__ == "__main__":
-    print(table())
+    import sys
+    from pathlib import Path
+
+    if sys.argv[1:] == ["--write"]:
+        path = Path(__file__).resolve().parent.parent / "README.md"
+        path.write_text(render(path.read_text()))
+    else:
+        print(table())
