@@ -46,6 +46,10 @@ from worker.settler import Settler
 
 log = get_logger("worker")
 
+# What a store outage looks like from here: the loops log it, wait, and carry on.
+STORE_ERRORS = (RedisError, OSError, TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError)
+
 
 @dataclass(slots=True)
 class Attempt:
@@ -69,6 +73,7 @@ class Worker:
         self.limited = {t.job_type for t in self.types if t.concurrency}
         self.token = self.stores.locks.new_token(settings.worker_id)
         self.running: dict[str, Attempt] = {}
+        self._claim_max = max(1, (settings.worker_concurrency + 1) // 2)
         self.resources: dict[str, Any] = {}
         self.ready = False  # connected and claiming (for the readiness probe)
         self._released: list[Attempt] = []
@@ -103,7 +108,9 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
-            free = self.settings.worker_concurrency - len(self.running)
+            # At most half the slots per claim, so that one batch's settle overlaps the
+            # next batch's claim instead of the pool alternating between the two.
+            free = min(self.settings.worker_concurrency - len(self.running), self._claim_max)
             if free <= 0:
                 self._slot_freed.clear()
                 await self._until_stopping(self._slot_freed.wait())
@@ -112,7 +119,7 @@ class Worker:
                 claimed, wake_in = await self.queue.claim(
                     free, self.settings.lease_seconds, self.types)
                 self.ready = True
-            except (RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 self.ready = False
                 log.warning("claim failed, retrying", extra={"error": str(exc)})
                 await self._until_stopping(asyncio.sleep(1.0))
@@ -122,7 +129,7 @@ class Worker:
                 continue
             idle = self.settings.idle_poll_seconds
             timeout = idle if wake_in is None else min(wake_in, idle)
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*STORE_ERRORS):
                 await self._until_stopping(self.queue.wait_for_work(timeout))
 
     async def _start(self, claimed: list[tuple[str, str, int]]) -> None:
@@ -136,13 +143,18 @@ class Worker:
                                                          self.settings.lease_seconds)
             rows = await self._store.claim([uuid.UUID(i) for i in held],
                                            self.settings.worker_id)
-        except (RedisError, OSError, asyncpg.PostgresError) as exc:
+        except STORE_ERRORS as exc:
             # The jobs stay in our lease set; if we cannot reach the stores they come back
             # to the queue when the lease expires.
             log.warning("could not start claimed jobs", extra={"error": str(exc)})
             await self._until_stopping(asyncio.sleep(1.0))
             return
         started = {str(r["id"]): r for r in rows}
+        for job_id, row in started.items():
+            att = Attempt(job_id, row["job_type"], self.registry.get(row["job_type"]), row,
+                          row["attempts"])
+            self.running[job_id] = att
+            att.task = asyncio.create_task(self._attempt(att), name=f"job-{job_id}")
         now = wall_ms()
         moves: list[tuple[str, str, str, int, int]] = []
         for job_id, job_type, score in fresh:
@@ -152,14 +164,12 @@ class Worker:
             elif job_id not in started:  # cancelled meanwhile, or a stale duplicate
                 moves.append((job_id, job_type, "drop", score, 0))
         if moves:
-            dropped = [m[0] for m in moves if m[2] == "drop"]
-            await self.queue.move(moves)
-            await self.stores.locks.release(dropped, self.token)
-        for job_id, row in started.items():
-            att = Attempt(job_id, row["job_type"], self.registry.get(row["job_type"]), row,
-                          row["attempts"])
-            self.running[job_id] = att
-            att.task = asyncio.create_task(self._attempt(att), name=f"job-{job_id}")
+            try:
+                await self.queue.move(moves)
+                await self.stores.locks.release([m[0] for m in moves if m[2] == "drop"],
+                                                self.token)
+            except STORE_ERRORS as exc:  # left in our lease set: recovered when it expires
+                log.warning("could not hand back unstarted jobs", extra={"error": str(exc)})
 
     # --- one attempt ---------------------------------------------------------------------------
 
@@ -303,7 +313,7 @@ class Worker:
                     self.settings.lease_seconds)
                 for job_id in cancels:
                     self.cancel(job_id)
-            except (RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 log.warning("heartbeat failed", extra={"error": str(exc)})
 
     async def _cancel_listener(self) -> None:
@@ -315,7 +325,7 @@ class Worker:
                         msg = await ps.get_message(ignore_subscribe_messages=True, timeout=None)
                         if msg and msg.get("type") == "message":
                             self.cancel(str(msg["data"]))
-            except (RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 log.warning("cancel listener reconnecting", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
 
@@ -341,7 +351,7 @@ class Worker:
                     metrics.lease_recoveries_total.labels("dead_letter").inc(
                         summary.dead_lettered)
                     log.warning("recovered expired leases", extra=vars(summary))
-            except (RedisError, OSError, asyncpg.PostgresError) as exc:
+            except STORE_ERRORS as exc:
                 log.warning("lease recovery failed", extra={"error": str(exc)})
 
     async def _until_stopping(self, aw: Any) -> None:
