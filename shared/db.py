@@ -21,6 +21,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+class ProxiedConnection(asyncpg.Connection):
+    """For RDS Proxy / pgbouncer: asyncpg's reset query on release (``RESET ALL``,
+    ``UNLISTEN``...) makes RDS Proxy pin the connection (asyncpg issue 1153). We set no
+    session state, so there is nothing to reset."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
     """A pool bound to the running event loop.
 
@@ -38,6 +47,9 @@ async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
         },
         "init": _init_connection,
     }
+    if settings.db_behind_proxy:
+        options["statement_cache_size"] = 0
+        options["connection_class"] = ProxiedConnection
     options.update(overrides)
     pool = await asyncpg.create_pool(settings.database_url, **options)
     assert pool is not None

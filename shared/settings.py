@@ -30,8 +30,11 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(1, description="Connections a pool keeps open.")
     db_pool_max: int = Field(10, description="Lambda containers use 1: one connection each.")
     db_statement_cache_size: int = Field(
-        100, description="Set 0 behind pgbouncer in transaction mode or RDS Proxy."
+        100, description="Prepared statements cached per connection (0 turns it off)."
     )
+    db_behind_proxy: bool = Field(
+        False, description="Behind RDS Proxy or pgbouncer in transaction mode: no prepared "
+        "statement cache, and no reset query on release (it pins RDS Proxy connections).")
     db_connect_timeout: float = Field(5.0, description="Seconds to wait for a connection.")
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
@@ -57,8 +60,8 @@ class Settings(BaseSettings):
         300.0, description="Per-attempt time limit, unless the job or its type says.")
     max_payload_bytes: int = Field(256 * 1024, description="Largest request body (413 above).")
     retry_backoff_base: float = Field(5.0, description="First retry delay (seconds).")
-    retry_backoff_factor: float = Field(5.0, description="Each further retry waits this × "
-                                        "longer: 5 s, 25 s, 125 s by default.")
+    retry_backoff_factor: float = Field(5.0, description="Each further retry waits this many "
+                                        "times longer: 5 s, 25 s, 125 s by default.")
     retry_backoff_max: float = Field(3600.0, description="Longest retry delay (seconds).")
     retry_jitter: float = Field(0.1, description="Fraction of the delay added or taken at random.")
     schedule_lookahead_seconds: float = Field(
@@ -116,7 +119,7 @@ class Settings(BaseSettings):
 
     # --- job types ------------------------------------------------------------------------
     # Empty strings mean "not set" (not None): settings travel to subprocesses as env text.
-    aws_region: str = "us-east-1"
+    aws_region: str = Field("us-east-1", description="Region of the S3 and SES clients.")
     aws_endpoint_url: str = Field(
         "", description="Endpoint for every AWS client (LocalStack, moto); empty: real AWS.")
     email_backend: str = Field("ses", pattern="^(ses|smtp)$",
@@ -124,13 +127,13 @@ class Settings(BaseSettings):
     email_sender: str = Field("no-reply@example.com", description="From address of emails.")
     email_rate_limit: int = Field(
         10, ge=1, description="Emails started per second across all workers (read at import).")
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 25
-    smtp_username: str = ""
-    smtp_password: str = ""
+    smtp_host: str = Field("127.0.0.1", description="SMTP server (email_backend smtp).")
+    smtp_port: int = Field(25, description="SMTP port: 25, 587 (starttls) or 465 (tls).")
+    smtp_username: str = Field("", description="SMTP login; empty: no AUTH.")
+    smtp_password: str = Field("", description="SMTP password.")
     smtp_tls: str = Field("auto", pattern="^(auto|starttls|tls|none)$",
                           description="auto: STARTTLS when the server offers it.")
-    smtp_timeout_seconds: float = 30.0
+    smtp_timeout_seconds: float = Field(30.0, gt=0, description="Per SMTP connection.")
     webhook_secret: str = Field(
         "", description="Standard Webhooks signing secret: 'whsec_' + base64 of the key.")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Default per delivery.")
@@ -146,7 +149,8 @@ class Settings(BaseSettings):
                                     description="Lifetime of a report's presigned URL.")
     image_max_pixels: int = Field(
         40_000_000, ge=1, description="Larger images are refused as decompression bombs.")
-    image_max_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    image_max_bytes: int = Field(50 * 1024 * 1024, ge=1,
+                                 description="Larger source files are not read.")
     data_max_groups: int = Field(
         100_000, ge=1, description="Distinct group_by keys one job may hold in memory.")
 
