@@ -21,10 +21,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-class ProxiedConnection(asyncpg.Connection):
-    """For RDS Proxy / pgbouncer: asyncpg's reset query on release (``RESET ALL``,
-    ``UNLISTEN``...) makes RDS Proxy pin the connection (asyncpg issue 1153). We set no
-    session state, so there is nothing to reset."""
+class NoResetConnection(asyncpg.Connection):
+    """A connection that sends no reset query when it goes back to the pool.
+
+    asyncpg's default runs ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release: one more round trip for each pool operation, and behind
+    RDS Proxy it pins the connection (asyncpg issue 1153). Our code sets no session
+    state, holds no session advisory locks and never LISTENs, so there is nothing to
+    reset; an open transaction is still rolled back by asyncpg on release.
+    """
 
     def get_reset_query(self) -> str:
         return ""
@@ -46,10 +51,10 @@ async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
             "application_name": "async-job-scheduler",
         },
         "init": _init_connection,
+        "connection_class": NoResetConnection,
     }
     if settings.db_behind_proxy:
         options["statement_cache_size"] = 0
-        options["connection_class"] = ProxiedConnection
     options.update(overrides)
     pool = await asyncpg.create_pool(settings.database_url, **options)
     assert pool is not None

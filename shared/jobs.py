@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
@@ -30,10 +33,73 @@ from shared.stores import Stores
 log = logging.getLogger(__name__)
 
 
-def request_hash(specs: Sequence[JobCreate]) -> str:
-    canonical = json.dumps([s.model_dump(mode="json") for s in specs], sort_keys=True,
-                           separators=(",", ":"))
+def request_hash(specs: Sequence[JobCreate], batch: bool = False) -> str:
+    # The endpoint is part of the request: a batch of one reusing a single create's key
+    # (``k#0`` vs ``k``) must be a conflict, never a replay of the other endpoint's job.
+    canonical = json.dumps({"batch": batch, "jobs": [s.model_dump(mode="json") for s in specs]},
+                           sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _payload_invalid(spec: JobCreate, loc: list[str | int], exc: ValidationError
+                     ) -> ValidationFailed:
+    details: list[dict[str, Any]] = []
+    seen: set[tuple[str | int, ...]] = set()
+    for e in exc.errors(include_url=False):
+        where = (*loc, "payload", *_input_path(spec.payload, e["loc"], e["type"]))
+        if where not in seen:  # one entry per field, not one per member of a union
+            seen.add(where)
+            details.append({"loc": list(where), "msg": e["msg"], "type": e["type"]})
+    first = details[0]
+    return ValidationFailed(
+        f"invalid payload for job_type {spec.job_type!r}: "
+        f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}", details)
+
+
+def _input_path(data: Any, loc: Sequence[str | int], kind: str) -> list[str | int]:
+    """A pydantic error location as a path through the client's own input.
+
+    For a union field pydantic inserts the member's tag (``to.function-after[...]`` for
+    ``EmailStr | list[EmailStr]``): a step the input does not have is such a tag, and is
+    dropped. Only a missing field may end the path without being in the input.
+    """
+    path: list[str | int] = []
+    for i, step in enumerate(loc):
+        present = (step in data if isinstance(data, dict)
+                   else isinstance(data, list) and isinstance(step, int)
+                   and 0 <= step < len(data))
+        if present:
+            data = data[step]
+            path.append(step)
+        elif kind == "missing" and i == len(loc) - 1:
+            path.append(step)
+    return path
+
+
+# PostgreSQL's jsonb refuses \u0000, and a lone surrogate cannot be encoded as UTF-8.
+_UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(payload: Any) -> tuple[list[str | int], str] | None:
+    """Where a payload holds what jsonb cannot store: NaN, infinities, NUL, surrogates.
+
+    Iterative: a payload may nest as deep as the JSON parser allowed.
+    """
+    todo: list[tuple[Any, list[str | int]]] = [(payload, [])]
+    while todo:
+        value, path = todo.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path, "NaN and infinite numbers are not valid JSON"
+        if isinstance(value, str) and _UNSTORABLE_CHARS.search(value):
+            return path, "strings may not hold NUL (\\u0000) or unpaired surrogates"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and _UNSTORABLE_CHARS.search(key):
+                    return path, "keys may not hold NUL (\\u0000) or unpaired surrogates"
+                todo.append((item, [*path, key]))
+        elif isinstance(value, list | tuple):
+            todo.extend((item, [*path, i]) for i, item in enumerate(value))
+    return None
 
 
 class JobService:
@@ -54,16 +120,18 @@ class JobService:
                   + ", ".join(self.registry.names()), "type": "unknown_job_type"}],
             )
         try:
-            payload = jt.parse(spec.payload).model_dump(mode="json", exclude_unset=True)
+            model = jt.parse(spec.payload)
         except ValidationError as exc:
-            details = [{"loc": [*loc, "payload", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-                       for e in exc.errors(include_url=False)]
-            first = details[0]
+            raise _payload_invalid(spec, loc, exc) from None
+        # Checked on the python dump: the JSON dump would silently turn NaN into null.
+        problem = _unstorable(model.model_dump(exclude_unset=True))
+        if problem is not None:
+            where, msg = problem
             raise ValidationFailed(
                 f"invalid payload for job_type {spec.job_type!r}: "
-                f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}",
-                details,
-            ) from None
+                f"{'.'.join(str(p) for p in [*loc, 'payload', *where])}: {msg}",
+                [{"loc": [*loc, "payload", *where], "msg": msg, "type": "json_invalid"}])
+        payload = model.model_dump(mode="json", exclude_unset=True)
         status = Status.QUEUED
         if spec.scheduled_at is not None:
             horizon = now + timedelta(seconds=self.settings.schedule_lookahead_seconds)
@@ -100,29 +168,24 @@ class JobService:
         now = datetime.now(UTC)
         new = [self._prepare(s, ["body", "jobs", i] if batch else ["body"], now)
                for i, s in enumerate(specs)]
-        digest = request_hash(specs) if idempotency_key else None
+        digest = request_hash(specs, batch) if idempotency_key else None
         if idempotency_key:
             keys = ([f"{idempotency_key}#{i}" for i in range(len(new))] if batch
                     else [idempotency_key])
             new = [replace(j, idempotency_key=k, request_hash=digest)
                    for j, k in zip(new, keys, strict=True)]
         store = await self.stores.store()
-        rows = await store.insert(new)
+        rows = await store.insert(new, all_or_nothing=bool(idempotency_key))
         if len(rows) < len(new):
-            return await self._replay(store, new, rows, digest), False
+            return await self._replay(store, new, digest), False
         return await self._push(store, rows), True
 
-    async def _replay(self, store: JobStore, new: Sequence[NewJob],
-                      inserted: Sequence[asyncpg.Record], digest: str | None
+    async def _replay(self, store: JobStore, new: Sequence[NewJob], digest: str | None
                       ) -> list[asyncpg.Record]:
-        # Some keys existed already. Only a complete, identical earlier request is a replay;
-        # anything else is a conflict, and whatever this request did insert is undone.
+        # Some keys existed already (and this request's insert was rolled back). Only a
+        # complete, identical earlier request is a replay; anything else is a conflict.
         keys = [j.idempotency_key for j in new if j.idempotency_key]
-        existing = await store.get_by_idempotency_keys(keys)
-        fresh = {r["id"] for r in inserted}
-        earlier = [r for r in existing if r["id"] not in fresh]
-        if inserted:
-            await store.pool.execute("DELETE FROM jobs WHERE id = ANY($1::uuid[])", list(fresh))
+        earlier = await store.get_by_idempotency_keys(keys)
         if len(earlier) == len(new) and all(r["request_hash"] == digest for r in earlier):
             order = {k: i for i, k in enumerate(keys)}
             return sorted(earlier, key=lambda r: order[r["idempotency_key"]])
@@ -145,8 +208,7 @@ class JobService:
                 failed.extend(p.job_id for p in placements)  # type: ignore[misc]
         if failed:
             await store.mark_pending(failed, "redis unavailable at enqueue")
-            fetched = {r["id"]: r for r in await store.pool.fetch(
-                "SELECT * FROM jobs WHERE id = ANY($1::uuid[])", failed)}
+            fetched = {r["id"]: r for r in await store.get_many(failed)}
             rows = [fetched.get(r["id"], r) for r in rows]
         return rows
 

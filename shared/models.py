@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from shared.status import Status
+
+# Names used as filters reach PostgreSQL as text parameters, which refuse NUL; no control
+# characters at all (and, being checked by pydantic-core, no unpaired surrogates).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 class JobCreate(BaseModel):
@@ -22,12 +26,25 @@ class JobCreate(BaseModel):
     job_type: str = Field(min_length=1, max_length=100, description="A registered job type.")
     payload: dict[str, Any] = Field(default_factory=dict,
                                     description="Validated against the job type's model.")
-    priority: int | None = Field(None, ge=1, le=10,
+    # Strict: a JSON integer, not true/false or 5.0 quietly coerced into a priority.
+    priority: int | None = Field(None, ge=1, le=10, strict=True,
                                  description="1 is highest; default: the type's (5).")
     scheduled_at: AwareDatetime | None = Field(
         None, description="When to run; must carry a time zone. Default: now.")
-    max_retries: int | None = Field(None, ge=0, le=100)
-    timeout_seconds: float | None = Field(None, gt=0, le=86400)
+    max_retries: int | None = Field(None, ge=0, le=100, strict=True)
+    timeout_seconds: float | None = Field(None, gt=0, le=86400, allow_inf_nan=False)
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        # 0001-01-01T00:00+14:00 is valid ISO 8601 but falls before year 1 in UTC, which
+        # neither Python nor asyncpg can represent: refuse it here, not as a 500 at INSERT.
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("date is out of range once converted to UTC") from None
 
 
 class JobBatchCreate(BaseModel):
@@ -106,7 +123,8 @@ class Stats(BaseModel):
 class RedriveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    job_type: str | None = Field(None, description="Only dead jobs of this type.")
+    job_type: str | None = Field(None, max_length=100, pattern=NAME_PATTERN,
+                                 description="Only dead jobs of this type.")
 
 
 class CountResult(BaseModel):

@@ -33,8 +33,8 @@ class Settings(BaseSettings):
         100, description="Prepared statements cached per connection (0 turns it off)."
     )
     db_behind_proxy: bool = Field(
-        False, description="Behind RDS Proxy or pgbouncer in transaction mode: no prepared "
-        "statement cache, and no reset query on release (it pins RDS Proxy connections).")
+        False, description="Behind RDS Proxy or pgbouncer in transaction mode: turns the "
+        "prepared statement cache off.")
     db_connect_timeout: float = Field(5.0, description="Seconds to wait for a connection.")
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
@@ -89,7 +89,6 @@ class Settings(BaseSettings):
 
     # --- API ----------------------------------------------------------------------------
     api_prefix: str = Field("/api/v1", description="Path prefix of every API route.")
-    list_limit_max: int = Field(500, description="Largest page of GET /jobs.")
     batch_max_jobs: int = Field(1000, description="Most jobs in one POST /jobs/batch.")
 
     # --- scheduler function ---------------------------------------------------------------

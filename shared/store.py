@@ -9,6 +9,7 @@ carry its fencing token (the attempt number) and match only while it is still cu
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,21 @@ CLAIM_COLUMNS = """id, seq, queue, job_type, payload, priority, attempts, max_re
 
 # Columns Redis needs to place a job (queue, type, ready score, due time).
 PLACE_COLUMNS = "id, queue, job_type, priority, seq, status, run_at"
+
+
+INSERT_SQL = f"""
+    INSERT INTO jobs (queue, job_type, payload, priority, status, scheduled_at, run_at,
+                      max_retries, timeout_seconds, idempotency_key, request_hash)
+    SELECT q, t, p, pr, st, s, s, mr, ts, k, h
+    FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[], $5::text[],
+                $6::timestamptz[], $7::int[], $8::float8[], $9::text[], $10::text[])
+         AS u(q, t, p, pr, st, s, mr, ts, k, h)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING {JOB_COLUMNS}"""
+
+
+class _Incomplete(Exception):
+    """Raised inside the insert transaction to roll it back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,20 +84,15 @@ class JobStore:
 
     # --- create and read ------------------------------------------------------------------
 
-    async def insert(self, jobs: Sequence[NewJob]) -> list[asyncpg.Record]:
-        """Insert jobs in one statement. Rows whose idempotency key exists are skipped
-        (the caller looks the originals up), so a retried request never makes a second job.
+    async def insert(self, jobs: Sequence[NewJob], *, all_or_nothing: bool = False
+                     ) -> list[asyncpg.Record]:
+        """Insert jobs in one statement. A row whose idempotency key exists is skipped (the
+        caller looks the original up), so a retried request never makes a second job.
+        With ``all_or_nothing`` the statement runs in a transaction that is rolled back
+        (returning ``[]``) unless every row went in, so a half-replayed batch leaves
+        nothing behind, not even for a moment.
         """
-        return await self.pool.fetch(
-            f"""
-            INSERT INTO jobs (queue, job_type, payload, priority, status, scheduled_at, run_at,
-                              max_retries, timeout_seconds, idempotency_key, request_hash)
-            SELECT q, t, p, pr, st, s, s, mr, ts, k, h
-            FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[], $5::text[],
-                        $6::timestamptz[], $7::int[], $8::float8[], $9::text[], $10::text[])
-                 AS u(q, t, p, pr, st, s, mr, ts, k, h)
-            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING {JOB_COLUMNS}""",
+        args = (
             [j.queue for j in jobs],
             [j.job_type for j in jobs],
             [j.payload for j in jobs],
@@ -93,6 +104,25 @@ class JobStore:
             [j.idempotency_key for j in jobs],
             [j.request_hash for j in jobs],
         )
+        if not all_or_nothing:
+            return await self.pool.fetch(INSERT_SQL, *args)
+        try:
+            async with self._acquire() as conn, conn.transaction():
+                rows: list[asyncpg.Record] = await conn.fetch(INSERT_SQL, *args)
+                if len(rows) < len(jobs):
+                    raise _Incomplete
+                return rows
+        except _Incomplete:
+            return []
+
+    def _acquire(self) -> Any:
+        if isinstance(self.pool, asyncpg.Pool):
+            return self.pool.acquire()
+        return contextlib.nullcontext(self.pool)
+
+    async def get_many(self, job_ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::uuid[])", list(job_ids))
 
     async def get(self, job_id: uuid.UUID) -> asyncpg.Record | None:
         return await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)

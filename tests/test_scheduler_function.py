@@ -17,7 +17,7 @@ from shared.stores import Stores
 EVENT = Path(__file__).parent / "events" / "scheduled-event.json"
 
 
-async def _pending(settings, registry, n, seconds_ahead=5.0):
+async def _pending(settings, registry, n, seconds_ahead=60.0):
     """n PENDING jobs due within the tick's lookahead (created with lookahead 0)."""
     stores = Stores(settings.model_copy(update={"schedule_lookahead_seconds": 0}))
     try:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
-from functions.api.deps import Service, decode_cursor, encode_cursor
+from functions.api.deps import JobTypeFilter, Service, decode_cursor, encode_cursor
 from shared.errors import Conflict
 from shared.models import CountResult, ErrorResponse, JobOut, JobPage, RedriveRequest
 from shared.status import Status
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/dead-letters", tags=["dead letter queue"])
 @router.get("", response_model=JobPage, summary="List dead-lettered jobs, newest first")
 async def list_dead(
     service: Service,
-    job_type: Annotated[str | None, Query(max_length=100)] = None,
+    job_type: JobTypeFilter = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> JobPage:
@@ -52,5 +52,5 @@ async def redrive_one(job_id: uuid.UUID, service: Service) -> JobOut:
 
 @router.delete("", response_model=CountResult, summary="Purge dead jobs (optionally of a type)")
 async def purge(service: Service,
-                job_type: Annotated[str | None, Query(max_length=100)] = None) -> CountResult:
+                job_type: JobTypeFilter = None) -> CountResult:
     return CountResult(count=await service.purge_dead(job_type))

@@ -6,10 +6,11 @@ import base64
 import binascii
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from shared.errors import ValidationFailed
 from shared.jobs import JobService
+from shared.models import NAME_PATTERN
 
 
 def get_service(request: Request) -> JobService:
@@ -18,6 +19,9 @@ def get_service(request: Request) -> JobService:
 
 
 Service = Annotated[JobService, Depends(get_service)]
+
+JobTypeFilter = Annotated[str | None, Query(max_length=100, pattern=NAME_PATTERN,
+                                            description="Only jobs of this type.")]
 
 
 def encode_cursor(seq: int) -> str:
@@ -29,8 +33,9 @@ def decode_cursor(cursor: str | None) -> int | None:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if raw.startswith("s") and raw[1:].isdigit():
-            return int(raw[1:])
+        # seq is a bigint: a larger number is no cursor of ours (and asyncpg cannot send it).
+        if raw.startswith("s") and raw[1:].isdigit() and 0 < (seq := int(raw[1:])) < 2**63:
+            return seq
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise ValidationFailed("cursor is not one this API returned",

@@ -1,17 +1,20 @@
 """Every error the API returns has one shape: ``{"error": {"code", "message", "details"}}``.
 
 User errors (bad input, unknown ids, conflicts) are typed in ``shared.errors`` and mapped
-here; request validation errors name each bad field by its path; anything unexpected is a
-500 in the same shape, without internals.
+here; request validation errors name each bad field by its path; a store that cannot be
+reached is a 503; anything unexpected is a 500 in the same shape, without internals.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import UserError
@@ -35,7 +38,33 @@ def _clean(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _document_one_error_shape(app: FastAPI) -> None:
+    """FastAPI documents its own 422 body (``HTTPValidationError``) on every route that takes
+    parameters; ours is ``ErrorResponse``. Point the schema at the shape clients receive."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        ours = {"$ref": "#/components/schemas/ErrorResponse"}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                invalid = operation.get("responses", {}).get("422", {})
+                body = invalid.get("content", {}).get("application/json", {})
+                if body.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                    body["schema"] = ours
+        components = schema.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
+    _document_one_error_shape(app)
+
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.details)
@@ -49,10 +78,31 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                 413: "payload_too_large"}
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
                               message, headers=getattr(exc, "headers", None))
+
+    async def store_down(request: Request, exc: Exception) -> JSONResponse:
+        # A store that cannot be reached is not a bug in the request or in us: 503, so
+        # that clients and load balancers retry (a create safely, with its Idempotency-Key).
+        store = ("redis" if isinstance(exc, RedisConnectionError | RedisTimeoutError)
+                 else "postgres" if isinstance(exc, asyncpg.PostgresConnectionError
+                                               | asyncpg.ConnectionDoesNotExistError)
+                 else "store")
+        log.warning("store unreachable", extra={"path": request.url.path, "store": store,
+                                                "error": repr(exc)})
+        return error_response(
+            503, "unavailable", f"{store} is unreachable; retry later (a create with the "
+            "same Idempotency-Key)",
+            [{"loc": [store], "msg": type(exc).__name__, "type": "dependency_failed"}],
+            headers={"Retry-After": "1"})
+
+    for unreachable in (OSError, asyncpg.PostgresConnectionError,
+                        asyncpg.ConnectionDoesNotExistError, RedisConnectionError,
+                        RedisTimeoutError):
+        app.add_exception_handler(unreachable, store_down)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from functions.api.deps import Service, decode_cursor, encode_cursor
+from functions.api.deps import JobTypeFilter, Service, decode_cursor, encode_cursor
 from shared import metrics
 from shared.errors import PayloadTooLarge
 from shared.models import (
@@ -27,12 +27,15 @@ from shared.status import Status
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
+# No control characters: PostgreSQL text refuses NUL, and the key is echoed in logs.
 IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=255,
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$",
     description="Repeat a create safely: the same key and body return the original job.")]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (404, 409, 413, 422)}
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses a route documents: only those it can return."""
+    return {code: {"model": ErrorResponse} for code in codes}
 
 
 def _check_payload_sizes(specs: list[JobCreate], limit: int, batch: bool) -> None:
@@ -45,7 +48,7 @@ def _check_payload_sizes(specs: list[JobCreate], limit: int, batch: bool) -> Non
                                     "type": "too_large"}])
 
 
-@router.post("", status_code=201, response_model=JobOut, responses=ERRORS,
+@router.post("", status_code=201, response_model=JobOut, responses=errors(409, 413, 422),
              summary="Create a job")
 async def create_job(spec: JobCreate, service: Service, response: Response,
                      idempotency_key: IdempotencyKey = None) -> JobOut:
@@ -61,7 +64,8 @@ async def create_job(spec: JobCreate, service: Service, response: Response,
     return job
 
 
-@router.post("/batch", status_code=201, response_model=BatchResult, responses=ERRORS,
+@router.post("/batch", status_code=201, response_model=BatchResult,
+             responses=errors(409, 413, 422),
              summary="Create up to 1,000 jobs, all or nothing")
 async def create_batch(batch: JobBatchCreate, service: Service, response: Response,
                        idempotency_key: IdempotencyKey = None) -> BatchResult:
@@ -100,7 +104,7 @@ async def stats(service: Service) -> Stats:
 async def list_jobs(
     service: Service,
     status: Status | None = None,
-    job_type: Annotated[str | None, Query(max_length=100)] = None,
+    job_type: JobTypeFilter = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> JobPage:
@@ -113,7 +117,8 @@ async def list_jobs(
                    next_cursor=encode_cursor(rows[-1]["seq"]) if more else None)
 
 
-@router.get("/{job_id}", response_model=JobDetail, responses=ERRORS, summary="Get a job")
+@router.get("/{job_id}", response_model=JobDetail, responses=errors(404, 422),
+            summary="Get a job")
 async def get_job(job_id: uuid.UUID, service: Service) -> JobDetail:
     row = await service.get(job_id)
     history = await (await service.stores.store()).history(job_id)
@@ -122,7 +127,8 @@ async def get_job(job_id: uuid.UUID, service: Service) -> JobDetail:
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses={
-    **ERRORS, 202: {"model": JobOut, "description": "Running: its worker was signalled"}},
+    **errors(404, 409, 422),
+    202: {"model": JobOut, "description": "Running: its worker was signalled"}},
     summary="Cancel a job")
 async def cancel_job(job_id: uuid.UUID, service: Service, response: Response) -> JobOut:
     outcome, row = await service.cancel(job_id)
