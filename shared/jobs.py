@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import re
 import uuid
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from shared.errors import Conflict, IdempotencyConflict, NotFound, ValidationFailed
+from shared.logs import get_logger
 from shared.models import JobCreate
 from shared.queue import Placement
 from shared.registry import Registry
@@ -30,7 +30,7 @@ from shared.status import Status
 from shared.store import JobStore, NewJob
 from shared.stores import Stores
 
-log = logging.getLogger(__name__)
+log = get_logger("api")
 
 
 def request_hash(specs: Sequence[JobCreate], batch: bool = False) -> str:
@@ -204,7 +204,8 @@ class JobService:
             try:
                 await self.stores.queue(queue).push(placements)
             except (RedisError, OSError) as exc:
-                log.warning("redis push failed, jobs left PENDING for the sweep: %s", exc)
+                log.warning("redis push failed, jobs left PENDING for the sweep",
+                            extra={"queue": queue, "jobs": len(placements), "error": str(exc)})
                 failed.extend(p.job_id for p in placements)  # type: ignore[misc]
         if failed:
             await store.mark_pending(failed, "redis unavailable at enqueue")
@@ -237,7 +238,9 @@ class JobService:
         except (RedisError, OSError) as exc:
             # PostgreSQL already holds the decision: a stale Redis entry is refused at claim,
             # and a running job's worker sees cancel_requested when it settles.
-            log.warning("cancel of %s recorded, Redis not told: %s", job_id, exc)
+            log.warning("cancel recorded in PostgreSQL, Redis not told",
+                        extra={"job_id": str(job_id), "job_type": row["job_type"],
+                               "attempt": row["attempts"], "error": str(exc)})
         return outcome, row
 
     async def redrive(self, *, job_ids: Sequence[uuid.UUID] | None = None,

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_MODULES = ["tests.support.jobtypes"]
+# The session-wide LocalStack (started only by tests that ask for it).
+pytest_plugins = ["tests.support.localstack"]
 
 
 def make_settings(schema: str, prefix: str, **overrides: Any) -> Settings:

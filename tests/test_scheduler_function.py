@@ -72,7 +72,8 @@ async def test_two_invocations_at_once_enqueue_no_job_twice(settings, registry, 
                                                             spawn):
     await _pending(settings, registry, 500)
     first, second = await asyncio.gather(_invoke(spawn, EVENT), _invoke(spawn, EVENT))
-    assert first[0]["promoted"] + second[0]["promoted"] == 500
+    # Either both ran (SKIP LOCKED split the work) or one found the other's lock and skipped.
+    assert first[0].get("promoted", 0) + second[0].get("promoted", 0) == 500
     promotions = await _promotions_per_job(db)
     assert len(promotions) == 500 and all(p["n"] == 1 for p in promotions)
     assert await stores.redis.zcard(stores.queue().k_delayed) == 500

@@ -7,8 +7,10 @@ import asyncio
 import signal
 
 from shared.registry import load
+from shared.secret_settings import resolve_secrets
 from shared.settings import Settings
 from worker.pool import Worker
+from worker.reporting import reporting
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,14 +25,15 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
-    await worker.run()
+    async with reporting(settings, worker):
+        await worker.run()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {k: v for k, v in {"worker_concurrency": args.concurrency,
                                    "queue": args.queue}.items() if v is not None}
-    settings = Settings(**overrides)
+    settings = resolve_secrets(Settings(**overrides))
     asyncio.run(serve(settings))
 
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from functions.api import dead_letters, errors, health, job_types, jobs
 from functions.api.body_limit import BodyLimit
+from functions.api.metrics import RequestMetrics
 from shared.jobs import JobService
 from shared.registry import load
 from shared.settings import Settings, get_settings
@@ -51,4 +52,5 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
         app.include_router(router, prefix=prefix)
     app.add_middleware(BodyLimit, limit=settings.max_payload_bytes,
                        batch_limit=5 * 1024 * 1024)
+    app.add_middleware(RequestMetrics, stores=stores)  # outermost: counts 413s too
     return app

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.scheduler.tick import tick
+from functions.tracing import lambda_tracer, traced
 from shared.logs import get_logger
 from shared.registry import load
 from shared.secret_settings import resolve_secrets
@@ -32,7 +32,7 @@ class ScheduledEvent(EventBridgeModel):
 
 
 logger = get_logger("scheduler")
-tracer = Tracer(service="scheduler")  # off outside Lambda / POWERTOOLS_TRACE_DISABLED
+tracer = lambda_tracer("scheduler")  # off outside Lambda / POWERTOOLS_TRACE_DISABLED
 _loop = asyncio.new_event_loop()
 _stores: Stores | None = None
 
@@ -46,7 +46,7 @@ def _get_stores() -> Stores:
 
 
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
+@traced(tracer)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     scheduled = parse(event=event, model=ScheduledEvent)
     stores = _get_stores()

@@ -6,7 +6,7 @@
 - The counters that short-lived processes add to (API requests, jobs created, the
   scheduler's own lease recoveries) are read as sums from the Redis tally.
 
-The tick publishes while it holds its advisory lock, so two overlapping ticks never push
+The tick publishes while it holds its lock, so two overlapping ticks never push
 snapshots out of order (an older snapshot landing last would look like a counter reset).
 """
 
