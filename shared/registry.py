@@ -125,6 +125,10 @@ class Registry:
     def get(self, name: str) -> JobType | None:
         return self._types.get(name)
 
+    def remove(self, name: str) -> JobType | None:
+        """Forget a type (tests that register their own put the registry back this way)."""
+        return self._types.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._types)
 

@@ -11,7 +11,7 @@ for i = 2, #ARGV, 5 do
     ARGV[i + 4]
   redis.call('ZREM', KEYS[4], id)
   redis.call('ZREM', KEYS[5], id)
-  redis.call('ZREM', base .. ':running:' .. jtype, id)
+  local freed = redis.call('ZREM', base .. ':running:' .. jtype, id)
   if action == 'ready' then
     redis.call('ZADD', base .. ':ready:' .. jtype, 'NX', score, id)
     redis.call('SADD', KEYS[1], jtype)
@@ -22,6 +22,11 @@ for i = 2, #ARGV, 5 do
     wake = true
   else
     redis.call('SREM', KEYS[6], id)
+    -- A concurrency slot opened: idle workers may be waiting only because the type was
+    -- full, and nothing else would wake them before their idle poll.
+    if freed == 1 and redis.call('EXISTS', base .. ':ready:' .. jtype) == 1 then
+      wake = true
+    end
   end
 end
 if wake then
