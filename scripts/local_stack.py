@@ -5,6 +5,9 @@
   Debian's binaries, installed with apt-get when missing and run as root) and removed on
   exit.
 - Migrations run by themselves.
+- AWS (S3 for job artifacts, SES for email): ``AJS_AWS_ENDPOINT_URL`` when set, else a
+  moto server started here with a bucket and a verified sender, so every seed job type
+  works offline; a webhook signing secret is generated unless ``AJS_WEBHOOK_SECRET`` is set.
 - The API on http://127.0.0.1:8000 (uvicorn), one worker (``python -m worker``), and the
   scheduler function invoked every few seconds with an EventBridge-shaped event
   (``python -m functions.scheduler --every N``).
@@ -14,9 +17,11 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -148,14 +153,45 @@ class Throwaway:
         say(f"started a throwaway Redis on 127.0.0.1:{port}")
         return url
 
+    def aws(self, env: dict[str, str]) -> dict[str, str]:
+        """A moto server standing in for S3 and SES, prepared for the seed job types."""
+        port = free_port(5000)
+        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                 str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: reachable(url), 30, "the moto server")
+
+        def stop() -> None:
+            proc.terminate()
+            proc.wait(10)
+
+        self.cleanups.append(stop)
+        aws = {"AJS_AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "local",
+               "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1",
+               "AJS_AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+               "AJS_REPORTS_BUCKET": env.get("AJS_REPORTS_BUCKET", "ajs-local-artifacts")}
+        import boto3  # only here: the rest of this script needs no AWS SDK
+
+        session = boto3.session.Session(aws_access_key_id="local",
+                                        aws_secret_access_key="local",
+                                        region_name="us-east-1")
+        session.client("s3", endpoint_url=url).create_bucket(Bucket=aws["AJS_REPORTS_BUCKET"])
+        sender = env.get("AJS_EMAIL_SENDER", "no-reply@example.com")
+        session.client("ses", endpoint_url=url).verify_email_identity(EmailAddress=sender)
+        say(f"AWS stand-in (moto) on {url}: bucket s3://{aws['AJS_REPORTS_BUCKET']}, "
+            f"sent mail at {url}/moto-api/data.json")
+        return aws
+
     def stop(self) -> None:
         for cleanup in reversed(self.cleanups):
             with contextlib.suppress(Exception):
                 cleanup()  # type: ignore[operator]
 
 
-def resolve(name: str, default: str, start: object) -> str:
+def resolve(name: str, default: str, start: object, throwaway: bool) -> str:
     url = os.environ.get(name)
+    if throwaway:
+        return start()  # type: ignore[operator,no-any-return]
     if url:
         if not reachable(url):
             raise SystemExit(f"[local] {name}={url} does not answer")
@@ -173,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tick", type=float, default=5.0,
                         help="seconds between scheduler ticks (default 5)")
     parser.add_argument("--concurrency", type=int, default=10, help="worker concurrency")
+    parser.add_argument("--throwaway", action="store_true",
+                        help="always start throwaway PostgreSQL and Redis servers")
     args = parser.parse_args(argv)
 
     servers = Throwaway()
@@ -186,10 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        db = resolve("DATABASE_URL", DEFAULT_DB, servers.postgres)
-        redis = resolve("REDIS_URL", DEFAULT_REDIS, servers.redis)
+        db = resolve("DATABASE_URL", DEFAULT_DB, servers.postgres, args.throwaway)
+        redis = resolve("REDIS_URL", DEFAULT_REDIS, servers.redis, args.throwaway)
         env = {**os.environ, "DATABASE_URL": db, "REDIS_URL": redis,
                "PYTHONPATH": str(ROOT), "POWERTOOLS_TRACE_DISABLED": "true"}
+        if not env.get("AJS_AWS_ENDPOINT_URL"):
+            env.update(servers.aws(env))
+        if not env.get("AJS_WEBHOOK_SECRET"):
+            key = base64.b64encode(secrets.token_bytes(24)).decode()
+            env["AJS_WEBHOOK_SECRET"] = f"whsec_{key}"
         say("running migrations")
         subprocess.run([sys.executable, "-m", "shared.migrate", "upgrade"], check=True,
                        cwd=ROOT, env=env)

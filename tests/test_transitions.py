@@ -26,11 +26,10 @@ async def test_database_table_matches_python_table(db):
     assert in_db == in_code
 
 
-@pytest.mark.parametrize(("source", "target"), list(itertools.product(ALL, ALL)),
+@pytest.mark.parametrize(("source", "target"),
+                         [(a, b) for a, b in itertools.product(ALL, ALL) if a != b],
                          ids=lambda s: s.value)
 async def test_store_transition_applies_only_legal_moves(store, db, source, target):
-    if source == target:
-        pytest.skip("not a transition")
     job_id = await _job_in(db, source)
     row = await store.transition(job_id, target, reason="test")
     status = await db.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
