@@ -126,12 +126,13 @@ class RedisQueue:
 
     async def claim(
         self, n: int, lease_seconds: float, types: Sequence[TypeLimit],
-        promote_max: int = 1000,
+        promote_max: int = 1000, lock_token: str = "",
     ) -> tuple[list[tuple[str, str, int]], float | None]:
-        """Claim up to ``n`` jobs of the given types (with their limits). Returns
-        ``[(id, type, ready_score)]`` and the seconds until more work may be due (None:
-        nothing scheduled)."""
-        args: list[Any] = [self.base, n, int(lease_seconds * 1000), promote_max]
+        """Claim up to ``n`` jobs of the given types (with their limits), taking each one's
+        lock in the same step when ``lock_token`` is given. Returns ``[(id, type,
+        ready_score)]`` and the seconds until more work may be due (None: nothing
+        scheduled)."""
+        args: list[Any] = [self.base, n, int(lease_seconds * 1000), promote_max, lock_token]
         for lim in types:
             args.extend((lim.job_type, lim.concurrency, lim.rate, lim.per_ms))
         keys = [self.k_types, self.k_delayed, self.k_meta, self.k_lease, self.k_signal]
@@ -146,11 +147,13 @@ class RedisQueue:
         got = await self.redis.blpop([self.k_signal], timeout=max(seconds, 0.001))
         return got is not None
 
-    async def move(self, moves: Sequence[tuple[str, str, str, int, int]]) -> None:
-        """Apply ``(id, type, action, ready_score, due_ms)`` moves out of lease/reaped."""
+    async def move(self, moves: Sequence[tuple[str, str, str, int, int]],
+                   lock_token: str = "") -> None:
+        """Apply ``(id, type, action, ready_score, due_ms)`` moves out of lease/reaped,
+        releasing each job's lock when ``lock_token`` still holds it."""
         if not moves:
             return
-        args: list[Any] = [self.base]
+        args: list[Any] = [self.base, lock_token]
         for m in moves:
             args.extend(m)
         keys = [self.k_types, self.k_delayed, self.k_meta, self.k_lease, self.k_reaped,
@@ -158,15 +161,19 @@ class RedisQueue:
         await self._run("move", keys, args)
 
     async def heartbeat(
-        self, running: Sequence[tuple[str, str, bool]], lease_seconds: float
-    ) -> list[str]:
-        """Extend leases of ``(id, type, concurrency_limited)``; return ids to cancel."""
+        self, running: Sequence[tuple[str, str, bool]], lease_seconds: float,
+        lock_token: str = "",
+    ) -> tuple[list[str], list[str]]:
+        """Extend leases (and, with ``lock_token``, locks) of ``(id, type,
+        concurrency_limited)``. Returns the ids to cancel and the ids whose lock another
+        worker holds now."""
         if not running:
-            return []
-        args: list[Any] = [self.base, int(lease_seconds * 1000)]
+            return [], []
+        args: list[Any] = [self.base, int(lease_seconds * 1000), lock_token]
         for job_id, job_type, limited in running:
             args.extend((job_id, job_type, "1" if limited else "0"))
-        return list(await self._run("heartbeat", [self.k_lease, self.k_cancel], args))
+        cancelled, lost = await self._run("heartbeat", [self.k_lease, self.k_cancel], args)
+        return list(cancelled), list(lost)
 
     # --- maintenance ---------------------------------------------------------------------------
 

@@ -142,20 +142,26 @@ class JobStore:
         before_seq: int | None = None,
         limit: int = 50,
     ) -> list[asyncpg.Record]:
-        """Newest first; ``before_seq`` is the keyset cursor (stable under inserts)."""
+        """Newest first; ``before_seq`` is the keyset cursor (stable under inserts).
+
+        Only the filters given go into the WHERE clause (each from a fixed fragment, values
+        always as parameters): ``($1 IS NULL OR status = $1)`` would keep PostgreSQL from
+        using the status index.
+        """
+        fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
+                     "before_seq": "seq < ${}"}
+        given = {"status": status.value if status else None, "job_type": job_type,
+                 "before_seq": before_seq}
+        where, args = [], []
+        for name, value in given.items():
+            if value is not None:
+                args.append(value)
+                where.append(fragments[name].format(len(args)))
+        args.append(limit)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
         return await self.pool.fetch(
-            f"""
-            SELECT {JOB_COLUMNS} FROM jobs
-            WHERE ($1::text IS NULL OR status = $1)
-              AND ($2::text IS NULL OR job_type = $2)
-              AND ($3::bigint IS NULL OR seq < $3)
-            ORDER BY seq DESC
-            LIMIT $4""",
-            status.value if status else None,
-            job_type,
-            before_seq,
-            limit,
-        )
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ${len(args)}",
+            *args)
 
     async def history(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
         return await self.pool.fetch(

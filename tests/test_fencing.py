@@ -9,6 +9,7 @@ from shared.models import JobCreate
 from shared.status import Status
 from shared.store import Outcome
 from tests.support.servers import redis_servers
+from tests.support.waits import eventually
 
 
 async def test_late_attempt_is_fenced_out(service, store):
@@ -68,3 +69,24 @@ async def test_redlock_needs_a_majority_of_independent_nodes():
             assert held_c == [] and list(busy_c) == fresh
         finally:
             await lock.close()
+
+
+async def test_worker_with_a_redlock_over_three_nodes_survives_losing_one(service, store,
+                                                                          start_worker):
+    with redis_servers(3) as nodes:
+        await start_worker(lock_redis_urls=[n.url for n in nodes], worker_concurrency=4)
+        first = [(await service.create(JobCreate(job_type="record", payload={})))[0]["id"]
+                 for _ in range(5)]
+        await _all_completed(store, first)
+        nodes[2].stop()  # a majority of lock nodes remains
+        second = [(await service.create(JobCreate(job_type="record", payload={})))[0]["id"]
+                  for _ in range(5)]
+        await _all_completed(store, second)
+
+
+async def _all_completed(store, ids):
+    async def done():
+        rows = [await store.get(i) for i in ids]
+        return all(r["status"] == "COMPLETED" for r in rows)
+
+    await eventually(done, timeout=20, what="jobs completed")

@@ -113,3 +113,38 @@ async def test_idle_worker_does_not_busy_poll(settings, registry, start_worker):
         await handle.stop()
     finally:
         server.stop()
+
+
+async def test_claim_takes_each_jobs_lock_and_defers_a_job_locked_elsewhere(stores):
+    queue = stores.queue()
+    first, second = _placements(2, "a")
+    await queue.push([first, second])
+    # another holder (a worker presumed dead) still holds the first job's lock for 300 ms
+    await stores.redis.set(f"{queue.base}:lock:{first.job_id}", "old-holder", px=300)
+    claimed, wake = await queue.claim(10, 30, TYPES, lock_token="me")
+    assert [c[0] for c in claimed] == [str(second.job_id)]
+    assert await stores.redis.get(f"{queue.base}:lock:{second.job_id}") == "me"
+    assert await stores.redis.zscore(queue.k_delayed, str(first.job_id)) is not None
+    assert wake is not None and 0 < wake <= 0.302
+    await asyncio.sleep(wake)  # the old holder's lock runs out (the condition under test)
+    again, _ = await queue.claim(10, 30, TYPES, lock_token="me")
+    assert [c[0] for c in again] == [str(first.job_id)]
+    # settling releases only a lock that is still ours
+    await stores.redis.set(f"{queue.base}:lock:{second.job_id}", "someone-else")
+    await queue.move([(str(first.job_id), "a", "drop", 0, 0),
+                      (str(second.job_id), "a", "unlock", 0, 0)], lock_token="me")
+    assert await stores.redis.get(f"{queue.base}:lock:{first.job_id}") is None
+    assert await stores.redis.get(f"{queue.base}:lock:{second.job_id}") == "someone-else"
+
+
+async def test_heartbeat_keeps_our_locks_and_reports_lost_ones(stores):
+    queue = stores.queue()
+    mine, taken = _placements(2, "a")
+    await queue.push([mine, taken])
+    await queue.claim(10, 30, TYPES, lock_token="me")
+    await stores.redis.delete(f"{queue.base}:lock:{mine.job_id}")  # Redis lost it
+    await stores.redis.set(f"{queue.base}:lock:{taken.job_id}", "other")  # someone took it
+    cancels, lost = await queue.heartbeat(
+        [(str(mine.job_id), "a", False), (str(taken.job_id), "a", False)], 30, "me")
+    assert cancels == [] and lost == [str(taken.job_id)]
+    assert await stores.redis.get(f"{queue.base}:lock:{mine.job_id}") == "me"

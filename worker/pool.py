@@ -72,6 +72,11 @@ class Worker:
         self.types = registry.limits(settings.queue)
         self.limited = {t.job_type for t in self.types if t.concurrency}
         self.token = self.stores.locks.new_token(settings.worker_id)
+        # One Redis node (the default): each job's lock lives beside the queue and is
+        # taken, extended and released inside the queue's own scripts, which saves two
+        # round trips a batch. Several lock nodes: a separate Redlock over them.
+        self.inline_locks = settings.lock_urls == [settings.redis_url]
+        self.lock_token = self.token if self.inline_locks else ""
         self.running: dict[str, Attempt] = {}
         self._claim_max = max(1, (settings.worker_concurrency + 1) // 2)
         self.resources: dict[str, Any] = {}
@@ -117,7 +122,8 @@ class Worker:
                 continue
             try:
                 claimed, wake_in = await self.queue.claim(
-                    free, self.settings.lease_seconds, self.types)
+                    free, self.settings.lease_seconds, self.types,
+                    lock_token=self.lock_token)
                 self.ready = True
             except STORE_ERRORS as exc:
                 self.ready = False
@@ -139,8 +145,10 @@ class Worker:
             return
         ids = [c[0] for c in fresh]
         try:
-            held, busy = await self.stores.locks.acquire(ids, self.token,
-                                                         self.settings.lease_seconds)
+            held, busy = ids, dict[str, float]()
+            if not self.inline_locks:
+                held, busy = await self.stores.locks.acquire(ids, self.token,
+                                                             self.settings.lease_seconds)
             rows = await self._store.claim([uuid.UUID(i) for i in held],
                                            self.settings.worker_id)
         except STORE_ERRORS as exc:
@@ -165,9 +173,10 @@ class Worker:
                 moves.append((job_id, job_type, "drop", score, 0))
         if moves:
             try:
-                await self.queue.move(moves)
-                await self.stores.locks.release([m[0] for m in moves if m[2] == "drop"],
-                                                self.token)
+                await self.queue.move(moves, self.lock_token)
+                if not self.inline_locks:
+                    await self.stores.locks.release(
+                        [m[0] for m in moves if m[2] == "drop"], self.token)
             except STORE_ERRORS as exc:  # left in our lease set: recovered when it expires
                 log.warning("could not hand back unstarted jobs", extra={"error": str(exc)})
 
@@ -282,11 +291,16 @@ class Worker:
                               ready_score(r["priority"], r["seq"]), due))
             else:
                 moves.append((str(r["id"]), r["job_type"], "drop", 0, 0))
-        # Fenced-out outcomes leave Redis alone: the job belongs to a newer attempt.
-        await asyncio.gather(
-            self.queue.move(moves),
-            self.stores.locks.release([str(o.job_id) for o in outcomes], self.token),
-        )
+        # A fenced-out outcome leaves the job alone (a newer attempt owns it); only our
+        # lock, if we still hold it, is released.
+        if self.inline_locks:
+            moves.extend((str(o.job_id), "_", "unlock", 0, 0) for o in outcomes
+                         if str(o.job_id) not in written)
+            await self.queue.move(moves, self.lock_token)
+        else:
+            await asyncio.gather(
+                self.queue.move(moves),
+                self.stores.locks.release([str(o.job_id) for o in outcomes], self.token))
         return set(written)
 
     # --- around the loop ------------------------------------------------------------------------
@@ -298,23 +312,29 @@ class Worker:
             if not atts:
                 continue
             try:
-                ids = [a.job_id for a in atts]
-                kept = set(await self.stores.locks.extend(ids, self.token,
-                                                          self.settings.lease_seconds))
-                for a in atts:
-                    if a.job_id not in kept:  # another worker holds it now: let it go
-                        log.warning("lock lost, abandoning attempt",
-                                    extra={"job_id": a.job_id, "job_type": a.job_type,
-                                           "attempt": a.number})
-                        self._interrupt(a, "lost")
-                cancels = await self.queue.heartbeat(
-                    [(a.job_id, a.job_type, a.job_type in self.limited)
-                     for a in atts if a.job_id in kept],
-                    self.settings.lease_seconds)
-                for job_id in cancels:
-                    self.cancel(job_id)
+                await self._heartbeat(atts)
             except STORE_ERRORS as exc:
                 log.warning("heartbeat failed", extra={"error": str(exc)})
+
+    async def _heartbeat(self, atts: list[Attempt]) -> None:
+        """Keep leases and locks of running jobs; stop those another worker now owns,
+        and those whose cancel was requested."""
+        kept = {a.job_id for a in atts}
+        if not self.inline_locks:
+            kept = set(await self.stores.locks.extend(list(kept), self.token,
+                                                      self.settings.lease_seconds))
+        cancels, lost = await self.queue.heartbeat(
+            [(a.job_id, a.job_type, a.job_type in self.limited)
+             for a in atts if a.job_id in kept],
+            self.settings.lease_seconds, self.lock_token)
+        for a in atts:
+            if a.job_id not in kept or a.job_id in lost:
+                log.warning("lock lost, abandoning attempt",
+                            extra={"job_id": a.job_id, "job_type": a.job_type,
+                                   "attempt": a.number})
+                self._interrupt(a, "lost")
+        for job_id in cancels:
+            self.cancel(job_id)
 
     async def _cancel_listener(self) -> None:
         while True:
@@ -396,8 +416,9 @@ class Worker:
             [(uuid.UUID(a.job_id), a.number) for a in atts], "worker shut down before finishing")
         moves = [(str(r["id"]), r["job_type"], "ready", ready_score(r["priority"], r["seq"]), 0)
                  for r in rows]
-        await self.queue.move(moves)
-        await self.stores.locks.release([a.job_id for a in atts], self.token)
+        await self.queue.move(moves, self.lock_token)
+        if not self.inline_locks:
+            await self.stores.locks.release([a.job_id for a in atts], self.token)
         for a in atts:
             self.running.pop(a.job_id, None)
 

@@ -1,12 +1,16 @@
 -- Claim up to N ready jobs for one worker: highest priority first, FIFO within a priority,
 -- across every job type, honouring each type's concurrency and rate limits. Claimed jobs
 -- move to the lease set in the same step, so a job is never in neither place.
+-- With a lock token, each claimed job's lock (``base:lock:<id>``) is taken in the same
+-- step, so a single-node deployment needs no separate Redlock round trip; a job whose lock
+-- another holder still has goes to the delayed set until that lock runs out.
 -- KEYS: types, delayed, delayed_meta, lease, signal
--- ARGV: base, n, lease_ms, promote_max, then (type, concurrency, rate_n, rate_ms) for
---       every job type this worker can run (0 means unlimited); other types stay queued
+-- ARGV: base, n, lease_ms, promote_max, lock token ('' when Redlock is separate), then
+--       (type, concurrency, rate_n, rate_ms) for every job type this worker can run (0
+--       means unlimited); other types stay queued
 -- Returns: {id1, type1, score1, id2, ...}, wake_in_ms (-1: nothing due later)
-local base, n, lease_ms, promote_max =
-  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local base, n, lease_ms, promote_max, token =
+  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -25,7 +29,7 @@ for _, id in ipairs(due) do
 end
 
 local limits, known = {}, {}
-for i = 5, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   known[#known + 1] = ARGV[i]
   limits[ARGV[i]] = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])}
 end
@@ -72,19 +76,37 @@ table.sort(candidates, function(a, b)
 end)
 local out = {}
 local deadline = now + lease_ms
-for i = 1, math.min(n, #candidates) do
+local taken = 0
+for i = 1, #candidates do
+  if taken >= n then break end
   local c = candidates[i]
-  local id, jtype = c[2], c[3]
-  redis.call('ZREM', base .. ':ready:' .. jtype, id)
-  redis.call('ZADD', KEYS[4], deadline, id)
-  local lim = limits[jtype]
-  do
+  local id, jtype, score = c[2], c[3], c[1]
+  local ready = base .. ':ready:' .. jtype
+  local free = true
+  if token ~= '' then
+    local lock = base .. ':lock:' .. id
+    if not redis.call('SET', lock, token, 'NX', 'PX', lease_ms) then
+      if redis.call('GET', lock) == token then
+        redis.call('PEXPIRE', lock, lease_ms)
+      else  -- an earlier holder's lock is still live: wait it out in the delayed set
+        free = false
+        redis.call('ZREM', ready, id)
+        redis.call('ZADD', KEYS[2], now + math.max(redis.call('PTTL', lock), 1) + 1, id)
+        redis.call('HSET', KEYS[3], id, jtype .. '|' .. string.format('%.0f', score))
+      end
+    end
+  end
+  if free then
+    taken = taken + 1
+    redis.call('ZREM', ready, id)
+    redis.call('ZADD', KEYS[4], deadline, id)
+    local lim = limits[jtype]
     if lim[1] > 0 then redis.call('ZADD', base .. ':running:' .. jtype, deadline, id) end
     if lim[2] > 0 then redis.call('ZADD', base .. ':rate:' .. jtype, now, id .. ':' .. now) end
+    out[#out + 1] = id
+    out[#out + 1] = jtype
+    out[#out + 1] = string.format('%.0f', score)
   end
-  out[#out + 1] = id
-  out[#out + 1] = jtype
-  out[#out + 1] = string.format('%.0f', c[1])
 end
 
 -- 4. Forget emptied types; if this worker's slots are full but work is left, pass the
@@ -97,7 +119,7 @@ for _, jtype in ipairs(known) do
     more = true
   end
 end
-if more and #out == 3 * n then
+if more and taken == n then
   redis.call('RPUSH', KEYS[5], '1')
   redis.call('LTRIM', KEYS[5], -64, -1)
 end
