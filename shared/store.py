@@ -296,7 +296,8 @@ class JobStore:
 
     # --- the worker's verbs -------------------------------------------------------------------
 
-    async def claim(self, job_ids: Sequence[uuid.UUID], worker: str) -> list[asyncpg.Record]:
+    async def claim(self, job_ids: Sequence[uuid.UUID | str], worker: str
+                    ) -> list[asyncpg.Record]:
         """Start an attempt for each job still waiting: the new attempt number is the
         fencing token. Ids that come back missing were cancelled or are stale duplicates.
         """

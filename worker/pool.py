@@ -77,8 +77,15 @@ class Worker:
         # round trips a batch. Several lock nodes: a separate Redlock over them.
         self.inline_locks = settings.lock_urls == [settings.redis_url]
         self.lock_token = self.token if self.inline_locks else ""
+        # Every attempt not yet settled, by job id (the heartbeat keeps their leases).
         self.running: dict[str, Attempt] = {}
+        # Slots: handlers running plus jobs claimed whose start is in flight. A finished
+        # handler frees its slot at once; its outcome joins the group commit, and claiming
+        # pauses only while more than ``concurrency`` outcomes wait to be written.
+        self._busy = 0
+        self._settling = 0
         self._claim_max = max(1, (settings.worker_concurrency + 1) // 2)
+        self._starts: set[asyncio.Task[None]] = set()
         self.resources: dict[str, Any] = {}
         self.ready = False  # connected and claiming (for the readiness probe)
         self._released: list[Attempt] = []
@@ -112,11 +119,12 @@ class Worker:
             await self._drain()
 
     async def _claim_loop(self) -> None:
+        concurrency = self.settings.worker_concurrency
         while not self._stopping.is_set():
             # At most half the slots per claim, so that one batch's settle overlaps the
             # next batch's claim instead of the pool alternating between the two.
-            free = min(self.settings.worker_concurrency - len(self.running), self._claim_max)
-            if free <= 0:
+            free = min(concurrency - self._busy, self._claim_max)
+            if free <= 0 or self._settling >= concurrency:
                 self._slot_freed.clear()
                 await self._until_stopping(self._slot_freed.wait())
                 continue
@@ -131,7 +139,12 @@ class Worker:
                 await self._until_stopping(asyncio.sleep(1.0))
                 continue
             if claimed:
-                await self._start(claimed)
+                # Start them in the background: the next claim need not wait for this
+                # batch's commit in PostgreSQL.
+                self._busy += len(claimed)
+                task = asyncio.create_task(self._start(claimed))
+                self._starts.add(task)
+                task.add_done_callback(self._starts.discard)
                 continue
             idle = self.settings.idle_poll_seconds
             timeout = idle if wake_in is None else min(wake_in, idle)
@@ -139,7 +152,15 @@ class Worker:
                 await self._until_stopping(self.queue.wait_for_work(timeout))
 
     async def _start(self, claimed: list[tuple[str, str, int]]) -> None:
-        """Lock, then start attempts in PostgreSQL, then spawn a task per job."""
+        """Lock (unless the claim script did), start the attempts in PostgreSQL, then
+        spawn a task per job. Holds one slot per claimed job until it knows which start."""
+        try:
+            await self._start_attempts(claimed)
+        finally:
+            self._busy -= len(claimed)
+            self._slot_freed.set()
+
+    async def _start_attempts(self, claimed: list[tuple[str, str, int]]) -> None:
         fresh = [c for c in claimed if c[0] not in self.running]
         if not fresh:
             return
@@ -149,8 +170,7 @@ class Worker:
             if not self.inline_locks:
                 held, busy = await self.stores.locks.acquire(ids, self.token,
                                                              self.settings.lease_seconds)
-            rows = await self._store.claim([uuid.UUID(i) for i in held],
-                                           self.settings.worker_id)
+            rows = await self._store.claim(held, self.settings.worker_id)
         except STORE_ERRORS as exc:
             # The jobs stay in our lease set; if we cannot reach the stores they come back
             # to the queue when the lease expires.
@@ -162,6 +182,7 @@ class Worker:
             att = Attempt(job_id, row["job_type"], self.registry.get(row["job_type"]), row,
                           row["attempts"])
             self.running[job_id] = att
+            self._busy += 1  # released by the attempt when its handler returns
             att.task = asyncio.create_task(self._attempt(att), name=f"job-{job_id}")
         now = wall_ms()
         moves: list[tuple[str, str, str, int, int]] = []
@@ -195,13 +216,16 @@ class Worker:
             if task is not None:
                 task.uncancel()
             if att.stop == "cancel":
-                outcome = Outcome(uuid.UUID(att.job_id), att.number, Status.CANCELLED,
+                outcome = Outcome(att.row["id"], att.number, Status.CANCELLED,
                                   reason="cancelled while running",
                                   error="cancelled while running")
             elif att.stop == "release":
                 self._released.append(att)
         finally:
             metrics.jobs_processing.dec()
+            self._busy -= 1  # the handler is done: its slot can take the next job
+            self._settling += 1
+            self._slot_freed.set()
         try:
             if outcome is not None:
                 elapsed = time.perf_counter() - started
@@ -209,13 +233,14 @@ class Worker:
                 written = await self._settler.submit(outcome)
                 self._count(att, outcome, written)
         finally:
+            self._settling -= 1
             if att.stop != "release":
                 self.running.pop(att.job_id, None)
-                self._slot_freed.set()
+            self._slot_freed.set()
 
     async def _execute(self, att: Attempt) -> Outcome:
         row, jt = att.row, att.handler
-        job_id = uuid.UUID(att.job_id)
+        job_id = row["id"]
         if row["cancel_requested"]:
             return Outcome(job_id, att.number, Status.CANCELLED, reason="cancelled before start")
         if jt is None:
@@ -248,7 +273,7 @@ class Worker:
 
     def _failed(self, att: Attempt, error: str, *, permanent: bool = False,
                 retry_after: float | None = None) -> Outcome:
-        job_id = uuid.UUID(att.job_id)
+        job_id = att.row["id"]
         error = error.replace("\x00", "")[:4000]
         if permanent or att.number > att.row["max_retries"]:
             reason = "permanent error" if permanent else "retries exhausted"
@@ -392,6 +417,8 @@ class Worker:
 
     async def _drain(self) -> None:
         grace = self.settings.shutdown_grace_seconds
+        if self._starts:  # claims whose start is in flight join the running jobs first
+            await asyncio.wait(self._starts)
         tasks = [a.task for a in self.running.values() if a.task is not None]
         if tasks:
             log.info("draining", extra={"running": len(tasks), "grace_seconds": grace})

@@ -39,8 +39,15 @@ local wake = -1
 local function wake_at(ms)
   if wake < 0 or ms < wake then wake = ms end
 end
-local candidates = {}
+-- Only types that have ready jobs (the types set) and that this worker runs.
+local present = {}
+for _, jtype in ipairs(redis.call('SMEMBERS', KEYS[1])) do present[jtype] = true end
+local visit = {}
 for _, jtype in ipairs(known) do
+  if present[jtype] then visit[#visit + 1] = jtype end
+end
+local candidates = {}
+for _, jtype in ipairs(visit) do
   local ready = base .. ':ready:' .. jtype
   local allow = n
   local lim = limits[jtype]
@@ -112,7 +119,7 @@ end
 -- 4. Forget emptied types; if this worker's slots are full but work is left, pass the
 --    wake-up on to another idle worker.
 local more = false
-for _, jtype in ipairs(known) do
+for _, jtype in ipairs(visit) do
   if redis.call('ZCARD', base .. ':ready:' .. jtype) == 0 then
     redis.call('SREM', KEYS[1], jtype)
   else

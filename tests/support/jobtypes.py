@@ -32,7 +32,8 @@ class Flaky(BaseModel):
 RUNS_DDL = """CREATE TABLE IF NOT EXISTS runs (
     job_id uuid NOT NULL, attempt int NOT NULL, worker text, tag text,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    at timestamptz NOT NULL DEFAULT clock_timestamp())"""
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    ended_at timestamptz)"""
 
 
 async def _record(ctx: JobContext, tag: str | None, started: Any = None) -> None:
@@ -52,6 +53,9 @@ async def record(payload: Sleep, ctx: JobContext) -> dict[str, Any]:
     await _record(ctx, payload.tag)
     if payload.seconds:
         await asyncio.sleep(payload.seconds)
+    await ctx.db.execute(
+        "UPDATE runs SET ended_at = clock_timestamp() WHERE job_id = $1 AND attempt = $2",
+        ctx.job_id, ctx.attempt)
     return {"slept": payload.seconds}
 
 
