@@ -27,7 +27,7 @@ from shared.models import JobCreate
 from shared.queue import Placement
 from shared.registry import Registry
 from shared.status import Status
-from shared.store import JobStore, NewJob
+from shared.store import JobStore, NewJob, Row
 from shared.stores import Stores
 
 log = get_logger("api")
@@ -152,13 +152,13 @@ class JobService:
         )
 
     async def create(self, spec: JobCreate, idempotency_key: str | None = None
-                     ) -> tuple[asyncpg.Record, bool]:
+                     ) -> tuple[Row, bool]:
         """Create one job. Returns the job and False when it is an idempotent replay."""
         rows, created = await self.create_many([spec], idempotency_key, batch=False)
         return rows[0], created
 
     async def create_many(self, specs: Sequence[JobCreate], idempotency_key: str | None = None,
-                          *, batch: bool = True) -> tuple[list[asyncpg.Record], bool]:
+                          *, batch: bool = True) -> tuple[list[Row], bool]:
         """Validate every job first (all or nothing), then one INSERT and one Redis push."""
         if len(specs) > self.settings.batch_max_jobs:
             raise ValidationFailed(
@@ -181,7 +181,7 @@ class JobService:
         return await self._push(store, rows), True
 
     async def _replay(self, store: JobStore, new: Sequence[NewJob], digest: str | None
-                      ) -> list[asyncpg.Record]:
+                      ) -> list[Row]:
         # Some keys existed already (and this request's insert was rolled back). Only a
         # complete, identical earlier request is a replay; anything else is a conflict.
         keys = [j.idempotency_key for j in new if j.idempotency_key]
@@ -194,7 +194,7 @@ class JobService:
             [{"loc": ["header", "Idempotency-Key"], "msg": "key reused with another body",
               "type": "idempotency_conflict"}])
 
-    async def _push(self, store: JobStore, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
+    async def _push(self, store: JobStore, rows: Sequence[Row]) -> list[Row]:
         by_queue: dict[str, list[Placement]] = {}
         for r in rows:
             if r["status"] == Status.QUEUED:
@@ -210,8 +210,8 @@ class JobService:
         if failed:
             await store.mark_pending(failed, "redis unavailable at enqueue")
             fetched = {r["id"]: r for r in await store.get_many(failed)}
-            rows = [fetched.get(r["id"], r) for r in rows]
-        return rows
+            return [fetched.get(r["id"], r) for r in rows]
+        return list(rows)
 
     # --- steer -------------------------------------------------------------------------------
 
@@ -244,7 +244,7 @@ class JobService:
         return outcome, row
 
     async def redrive(self, *, job_ids: Sequence[uuid.UUID] | None = None,
-                      job_type: str | None = None) -> list[asyncpg.Record]:
+                      job_type: str | None = None) -> list[Row]:
         store = await self.stores.store()
         rows = await store.redrive(job_ids=job_ids, job_type=job_type)
         return await self._push(store, list(rows))

@@ -51,9 +51,10 @@ class Placement:
     seq: int
     due_ms: int = 0  # 0: ready now
 
-    def args(self) -> list[Any]:
-        return [str(self.job_id), self.job_type, ready_score(self.priority, self.seq),
-                self.due_ms]
+    def packed(self) -> str:
+        """The one argument push.lua takes per job."""
+        return (f"{self.job_id}|{self.job_type}|{ready_score(self.priority, self.seq)}|"
+                f"{self.due_ms}")
 
     @classmethod
     def of(cls, row: Any) -> Placement:
@@ -100,9 +101,7 @@ class RedisQueue:
         """Place jobs (one round trip however many) and wake one idle worker."""
         if not placements:
             return 0
-        args: list[Any] = [self.base]
-        for p in placements:
-            args.extend(p.args())
+        args: list[Any] = [self.base, *(p.packed() for p in placements)]
         keys = [self.k_types, self.k_delayed, self.k_meta, self.k_signal]
         return int(await self._run("push", keys, args))
 

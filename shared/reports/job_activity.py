@@ -1,7 +1,8 @@
 """The built-in report: what our jobs did over a time window, by job type.
 
-Read from the transition history, so it counts events *in the window*: jobs created,
-attempts started, completions, retries, dead-letterings and cancellations, and the run
+Read from the transition history (and, for creations, the jobs' created_at), so it counts
+events *in the window*: jobs created, attempts started, completions, retries,
+dead-letterings and cancellations, and the run
 time of each attempt that started and ended inside the window (from its PROCESSING
 transition to the next one). Success rate = completed / (completed + failed) among the
 jobs that reached an end in the window.
@@ -30,20 +31,28 @@ WITH t AS (
     SELECT *, CASE WHEN to_status = 'PROCESSING'
                    THEN extract(epoch FROM next_at - at)::float8 END AS run_seconds
     FROM t
+), events AS (
+    SELECT job_type,
+           count(*) FILTER (WHERE to_status = 'PROCESSING') AS attempts,
+           count(*) FILTER (WHERE to_status = 'COMPLETED') AS completed,
+           count(*) FILTER (WHERE to_status = 'RETRYING') AS retried,
+           count(*) FILTER (WHERE to_status = 'FAILED') AS failed,
+           count(*) FILTER (WHERE to_status = 'CANCELLED') AS cancelled,
+           avg(run_seconds) AS mean_seconds,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY run_seconds) AS p50_seconds,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY run_seconds) AS p95_seconds,
+           max(run_seconds) AS max_seconds
+    FROM runs GROUP BY job_type
+), created AS (  -- a creation writes no history row: it is the job's created_at
+    SELECT job_type, count(*) AS created FROM jobs
+    WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR job_type = $3)
+    GROUP BY job_type
 )
-SELECT job_type,
-       count(*) FILTER (WHERE from_status IS NULL) AS created,
-       count(*) FILTER (WHERE to_status = 'PROCESSING') AS attempts,
-       count(*) FILTER (WHERE to_status = 'COMPLETED') AS completed,
-       count(*) FILTER (WHERE to_status = 'RETRYING') AS retried,
-       count(*) FILTER (WHERE to_status = 'FAILED') AS failed,
-       count(*) FILTER (WHERE to_status = 'CANCELLED') AS cancelled,
-       avg(run_seconds) AS mean_seconds,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY run_seconds) AS p50_seconds,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY run_seconds) AS p95_seconds,
-       max(run_seconds) AS max_seconds
-FROM runs
-GROUP BY job_type
+SELECT job_type, coalesce(c.created, 0) AS created, coalesce(e.attempts, 0) AS attempts,
+       coalesce(e.completed, 0) AS completed, coalesce(e.retried, 0) AS retried,
+       coalesce(e.failed, 0) AS failed, coalesce(e.cancelled, 0) AS cancelled,
+       e.mean_seconds, e.p50_seconds, e.p95_seconds, e.max_seconds
+FROM events e FULL JOIN created c USING (job_type)
 ORDER BY job_type
 """
 

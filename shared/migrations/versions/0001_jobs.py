@@ -93,18 +93,9 @@ def upgrade() -> None:
     # One index, the one a job's history is read by. No foreign key to jobs: its per-row
     # check doubled the cost of every batch insert; rows are written only by the triggers
     # below and removed with their job by purge.
-    # Statement-level triggers with transition tables: one INSERT into the history per
+    # A statement-level trigger with transition tables: one INSERT into the history per
     # statement, however many jobs it touched, so batch claims and settles stay cheap.
-    op.execute(
-        """
-        CREATE FUNCTION jobs_record_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            INSERT INTO job_transitions (job_id, from_status, to_status, attempt, reason, at)
-            SELECT n.id, NULL, n.status, n.attempts, n.status_reason, n.updated_at
-            FROM new_rows n;
-            RETURN NULL;
-        END $$"""
-    )
+    # Inserts write no history: a job's creation is read from its row (JobStore.history).
     op.execute(
         """
         CREATE FUNCTION jobs_record_update() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -133,12 +124,6 @@ def upgrade() -> None:
     )
     op.execute(
         """
-        CREATE TRIGGER jobs_insert_history AFTER INSERT ON jobs
-        REFERENCING NEW TABLE AS new_rows
-        FOR EACH STATEMENT EXECUTE FUNCTION jobs_record_insert()"""
-    )
-    op.execute(
-        """
         CREATE TRIGGER jobs_update_history AFTER UPDATE ON jobs
         REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
         FOR EACH STATEMENT EXECUTE FUNCTION jobs_record_update()"""
@@ -149,5 +134,4 @@ def downgrade() -> None:
     op.execute("DROP TABLE job_transitions")
     op.execute("DROP TABLE jobs")
     op.execute("DROP FUNCTION jobs_record_update()")
-    op.execute("DROP FUNCTION jobs_record_insert()")
     op.execute("DROP TABLE job_status_transitions")
