@@ -45,8 +45,16 @@ def key(prefix: str) -> str:
     return f"{prefix}:metrics:shared"
 
 
+_FIELDS: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+
+
 def _field(name: str, labels: dict[str, str]) -> str:
-    return json.dumps([name, sorted(labels.items())], separators=(",", ":"))
+    # Memoised: a snapshot runs after every API request, over every series of the registry.
+    ident = (name, tuple(sorted(labels.items())))
+    field = _FIELDS.get(ident)
+    if field is None:
+        field = _FIELDS[ident] = json.dumps([name, list(ident[1])], separators=(",", ":"))
+    return field
 
 
 def snapshot(registry: CollectorRegistry) -> dict[str, float]:

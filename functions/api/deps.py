@@ -13,7 +13,8 @@ from shared.jobs import JobService
 from shared.models import NAME_PATTERN
 
 
-def get_service(request: Request) -> JobService:
+async def get_service(request: Request) -> JobService:
+    # async: a plain def dependency would run in the thread pool on every request
     service: JobService = request.app.state.service
     return service
 
