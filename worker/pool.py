@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from pydantic import BaseModel, ValidationError
@@ -229,7 +230,7 @@ class Worker:
         try:
             if outcome is not None:
                 elapsed = time.perf_counter() - started
-                metrics.job_duration_seconds.labels(att.job_type).observe(elapsed)
+                _metrics_of(att.job_type).duration.observe(elapsed)
                 written = await self._settler.submit(outcome)
                 self._count(att, outcome, written)
         finally:
@@ -252,7 +253,7 @@ class Worker:
         if att.number == 1:
             due = row["scheduled_at"] or row["created_at"]
             wait = max((datetime.now(UTC) - due).total_seconds(), 0.0)
-            metrics.job_wait_seconds.labels(att.job_type).observe(wait)
+            _metrics_of(att.job_type).wait.observe(wait)
         jlog = JobLog(log, att.job_id, att.job_type, att.number)
         ctx = JobContext(att.job_id, att.job_type, att.number, row["max_retries"],
                          row["timeout_seconds"], self.settings, self._pool, self.stores.redis,
@@ -293,11 +294,12 @@ class Worker:
                                "attempt": att.number})
             return
         status = outcome.status
-        metrics.jobs_completed_total.labels(att.job_type, status.value).inc()
+        counted = _metrics_of(att.job_type)
+        counted.ended[status].inc()
         if status is Status.RETRYING:
-            metrics.job_retries_total.labels(att.job_type).inc()
+            counted.retries.inc()
         elif status is Status.FAILED:
-            metrics.jobs_failed_total.labels(att.job_type).inc()
+            counted.failed.inc()
             log.warning("job dead-lettered", extra={"job_id": att.job_id,
                                                     "job_type": att.job_type,
                                                     "attempt": att.number,
@@ -448,6 +450,28 @@ class Worker:
             await self.stores.locks.release([a.job_id for a in atts], self.token)
         for a in atts:
             self.running.pop(a.job_id, None)
+
+
+class _TypeMetrics(NamedTuple):
+    duration: Any
+    wait: Any
+    ended: dict[Status, Any]
+    retries: Any
+    failed: Any
+
+
+@functools.cache
+def _metrics_of(job_type: str) -> _TypeMetrics:
+    """One job type's labelled metrics, looked up once: ``labels()`` takes a lock and
+    builds a key on every call, on the hot path of every job."""
+    return _TypeMetrics(
+        metrics.job_duration_seconds.labels(job_type),
+        metrics.job_wait_seconds.labels(job_type),
+        {s: metrics.jobs_completed_total.labels(job_type, s.value)
+         for s in (Status.COMPLETED, Status.RETRYING, Status.FAILED, Status.CANCELLED)},
+        metrics.job_retries_total.labels(job_type),
+        metrics.jobs_failed_total.labels(job_type),
+    )
 
 
 def _jsonable(result: Any) -> Any:
