@@ -58,6 +58,10 @@ jobs_processing = Gauge("jobs_processing", "Jobs running in this worker.", regis
 worker_active = Gauge("worker_active", "1 while this worker is claiming.", registry=REGISTRY)
 lease_recoveries_total = Counter("lease_recoveries_total", LEASE_RECOVERIES_HELP, ["outcome"],
                                  registry=REGISTRY)
+rate_limit_waits_total = Counter(
+    "rate_limit_waits_total",
+    "Claims in which a job type's rate or concurrency limit kept its ready jobs waiting.",
+    ["job_type", "limit"], registry=REGISTRY)
 
 # --- summed across processes in Redis (SHARED) ------------------------------------------
 
@@ -86,7 +90,8 @@ scheduled_jobs_waiting = Gauge(
     "waiting for the sweep after a failed push.", registry=CLUSTER)
 
 
-def init_worker_series(job_types: Iterable[str]) -> None:
+def init_worker_series(job_types: Iterable[str],
+                       limited: Iterable[tuple[str, str]] = ()) -> None:
     """Create every labelled series a worker can report, at zero, before its first push.
 
     A counter series that first appears already at 5 loses those 5 to ``rate()`` and
@@ -102,6 +107,8 @@ def init_worker_series(job_types: Iterable[str]) -> None:
         job_wait_seconds.labels(name)
     for outcome in RECOVERY_OUTCOMES:
         lease_recoveries_total.labels(outcome)
+    for name, limit in limited:  # (job type, "rate" | "concurrency")
+        rate_limit_waits_total.labels(name, limit)
 
 
 def init_shared_series(job_types: Iterable[str]) -> None:

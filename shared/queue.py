@@ -86,6 +86,7 @@ class RedisQueue:
         self.k_lease, self.k_reaped = f"{b}:lease", f"{b}:reaped"
         self.k_cancel, self.k_signal = f"{b}:cancel", f"{b}:signal"
         self.cancel_channel = f"{b}:cancel"
+        self.held: list[tuple[str, str]] = []  # of the last claim: see claim()
         self._s: dict[str, AsyncScript] = {
             p.stem: client.register_script(p.read_text()) for p in LUA.glob("*.lua")}
 
@@ -130,12 +131,14 @@ class RedisQueue:
         """Claim up to ``n`` jobs of the given types (with their limits), taking each one's
         lock in the same step when ``lock_token`` is given. Returns ``[(id, type,
         ready_score)]`` and the seconds until more work may be due (None: nothing
-        scheduled)."""
+        scheduled); ``self.held`` then names the ``(type, limit)`` pairs whose ready jobs a
+        rate or concurrency limit kept waiting."""
         args: list[Any] = [self.base, n, int(lease_seconds * 1000), promote_max, lock_token]
         for lim in types:
             args.extend((lim.job_type, lim.concurrency, lim.rate, lim.per_ms))
         keys = [self.k_types, self.k_delayed, self.k_meta, self.k_lease, self.k_signal]
-        flat, wake = await self._run("claim", keys, args)
+        flat, wake, held = await self._run("claim", keys, args)
+        self.held = [(held[i], held[i + 1]) for i in range(0, len(held), 2)]
         jobs = [(flat[i], flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
         return jobs, (None if int(wake) < 0 else int(wake) / 1000)
 

@@ -148,3 +148,14 @@ async def test_heartbeat_keeps_our_locks_and_reports_lost_ones(stores):
         [(str(mine.job_id), "a", False), (str(taken.job_id), "a", False)], 30, "me")
     assert cancels == [] and lost == [str(taken.job_id)]
     assert await stores.redis.get(f"{queue.base}:lock:{mine.job_id}") == "me"
+
+
+async def test_claim_names_the_types_a_limit_held_back(stores):
+    queue = stores.queue()
+    await queue.push(_placements(3, "a") + _placements(3, "b"))
+    limits = [TypeLimit("a", rate=1, per_ms=60_000), TypeLimit("b", concurrency=1)]
+    first, _ = await queue.claim(10, 30, limits)
+    assert len(first) == 2 and queue.held == []  # one of each went; nothing held yet
+    second, _ = await queue.claim(10, 30, limits)
+    assert second == []
+    assert sorted(queue.held) == [("a", "rate"), ("b", "concurrency")]

@@ -134,6 +134,8 @@ class Worker:
                     free, self.settings.lease_seconds, self.types,
                     lock_token=self.lock_token)
                 self.ready = True
+                for job_type, limit in self.queue.held:
+                    metrics.rate_limit_waits_total.labels(job_type, limit).inc()
             except STORE_ERRORS as exc:
                 self.ready = False
                 log.warning("claim failed, retrying", extra={"error": str(exc)})

@@ -24,7 +24,10 @@ log = get_logger("worker")
 
 @contextlib.asynccontextmanager
 async def reporting(settings: Settings, worker: Worker) -> AsyncIterator[Probes | None]:
-    metrics.init_worker_series(t.job_type for t in worker.types)
+    metrics.init_worker_series(
+        (t.job_type for t in worker.types),
+        [(t.job_type, "rate") for t in worker.types if t.rate]
+        + [(t.job_type, "concurrency") for t in worker.types if t.concurrency])
     probes: Probes | None = None
     if settings.probe_port:
         probes = Probes(settings.probe_host, settings.probe_port, metrics.REGISTRY,

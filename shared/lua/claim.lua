@@ -8,7 +8,8 @@
 -- ARGV: base, n, lease_ms, promote_max, lock token ('' when Redlock is separate), then
 --       (type, concurrency, rate_n, rate_ms) for every job type this worker can run (0
 --       means unlimited); other types stay queued
--- Returns: {id1, type1, score1, id2, ...}, wake_in_ms (-1: nothing due later)
+-- Returns: {id1, type1, score1, id2, ...}, wake_in_ms (-1: nothing due later), and the
+--          types whose ready jobs a limit held back ({type, 'rate'|'concurrency', ...})
 local base, n, lease_ms, promote_max, token =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local t = redis.call('TIME')
@@ -47,6 +48,7 @@ for _, jtype in ipairs(known) do
   if present[jtype] then visit[#visit + 1] = jtype end
 end
 local candidates = {}
+local held = {}
 for _, jtype in ipairs(visit) do
   local ready = base .. ':ready:' .. jtype
   local allow = n
@@ -56,14 +58,20 @@ for _, jtype in ipairs(visit) do
       local running = base .. ':running:' .. jtype
       redis.call('ZREMRANGEBYSCORE', running, '-inf', now)
       allow = math.min(allow, lim[1] - redis.call('ZCARD', running))
+      if allow <= 0 then
+        held[#held + 1] = jtype
+        held[#held + 1] = 'concurrency'
+      end
     end
-    if lim[2] > 0 then
+    if lim[2] > 0 and allow > 0 then
       local rate = base .. ':rate:' .. jtype
       redis.call('ZREMRANGEBYSCORE', rate, '-inf', now - lim[3])
       local used = redis.call('ZCARD', rate)
       if used >= lim[2] then
         local oldest = redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')
         if oldest[2] then wake_at(tonumber(oldest[2]) + lim[3] + 1) end
+        held[#held + 1] = jtype
+        held[#held + 1] = 'rate'
       end
       allow = math.min(allow, lim[2] - used)
     end
@@ -133,4 +141,4 @@ end
 local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if first[2] then wake_at(tonumber(first[2])) end
 if wake >= 0 then wake = math.max(wake - now, 0) end
-return {out, wake}
+return {out, wake, held}
