@@ -83,9 +83,16 @@ async def settings(namespace: str) -> AsyncIterator[Settings]:
     finally:
         await conn.close()
     yield s
+    await drop_namespace(namespace)
+
+
+async def drop_namespace(namespace: str, *statements: str) -> None:
+    """Remove a test's schema (after ``statements``, run first) and its Redis keys."""
     conn = await asyncpg.connect(DATABASE_URL)
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
+        for statement in statements:
+            await conn.execute(statement)
     finally:
         await conn.close()
     r = aioredis.Redis.from_url(REDIS_URL)

@@ -27,11 +27,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
 from shared import migrate
 from shared.settings import Settings, get_settings
-from tests.conftest import DATABASE_URL, REDIS_URL, make_settings
+from tests.conftest import DATABASE_URL, drop_namespace, make_settings
 
 EVENTS = Path(__file__).parent / "events"
 T = TypeVar("T")
@@ -175,20 +174,7 @@ def container(namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Conta
 
 
 async def cleanup(namespace: str, role: str) -> None:
-    conn = await asyncpg.connect(DATABASE_URL)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
-        await conn.execute(f'DROP OWNED BY "{role}"')
-        await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
-    finally:
-        await conn.close()
-    r = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in r.scan_iter(match=f"*{namespace}*", count=1000)]
-        if keys:
-            await r.delete(*keys)
-    finally:
-        await r.aclose()
+    await drop_namespace(namespace, f'DROP OWNED BY "{role}"', f'DROP ROLE IF EXISTS "{role}"')
 
 
 def test_create_get_and_list_through_the_handler(container: Container) -> None:

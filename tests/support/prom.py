@@ -20,7 +20,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, stop_process
 from tests.support.waits import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,13 +64,7 @@ class Server:
         await eventually(up, timeout=20, interval=0.05, what=f"{self.url} ready")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
