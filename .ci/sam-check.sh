@@ -18,8 +18,7 @@ SAM_VENV="${AJS_SAM_VENV:-$HOME/.cache/ajs-sam/venv}"
 export SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 say() { echo "sam-check: $*"; }
 
-uv() { if command -v uv >/dev/null; then command uv "$@"; else python3 -m uv "$@"; fi; }
-python3 -m uv --version >/dev/null 2>&1 || command -v uv >/dev/null || python3 -m pip install --quiet uv
+. scripts/uv.sh
 
 # --- 1. the SAM CLI -----------------------------------------------------------------------
 if [ "$(cat "$SAM_VENV/ajs-pin.txt" 2>/dev/null)" != "$SAM_PIN" ]; then

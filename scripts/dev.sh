@@ -4,6 +4,6 @@
 # local default ports, else throwaway servers. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-python3 -m uv sync --frozen --quiet
-exec python3 -m uv run --frozen python -m scripts.local_stack "$@"
+. scripts/uv.sh
+uv sync --frozen --quiet
+exec_uv run --frozen python -m scripts.local_stack "$@"

@@ -3,6 +3,6 @@
 # the local default ports; the suite starts LocalStack, Prometheus and the rest itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-python3 -m uv sync --frozen --quiet
-exec python3 -m uv run --frozen pytest "$@"
+. scripts/uv.sh
+uv sync --frozen --quiet
+exec_uv run --frozen pytest "$@"
