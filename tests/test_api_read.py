@@ -10,18 +10,10 @@ from typing import Any
 import httpx
 
 from shared.settings import Settings
-from tests.support.api_checks import error_of, locs
+from tests.support.api_checks import create, error_of, locs
 from tests.support.waits import eventually
 
 JOBS = "/api/v1/jobs"
-
-
-async def create(api: httpx.AsyncClient, job_type: str = "noop", **fields: Any
-                 ) -> dict[str, Any]:
-    resp = await api.post(JOBS, json={"job_type": job_type, **fields})
-    assert resp.status_code == 201, resp.text
-    job: dict[str, Any] = resp.json()
-    return job
 
 
 async def status_of(api: httpx.AsyncClient, job_id: str) -> str:

@@ -110,3 +110,12 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def create(api: httpx.AsyncClient, job_type: str = "noop", **fields: Any
+                 ) -> dict[str, Any]:
+    """POST a job through the API and return it (asserting the 201)."""
+    resp = await api.post("/api/v1/jobs", json={"job_type": job_type, **fields})
+    assert resp.status_code == 201, resp.text
+    job: dict[str, Any] = resp.json()
+    return job

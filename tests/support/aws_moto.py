@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -23,16 +22,12 @@ import boto3
 import httpx
 import pytest
 
+from tests.support.servers import free_port
+
 REGION = "us-east-1"
 SENDER = "jobs@example.com"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                "AWS_SESSION_TOKEN": "test", "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Moto:
