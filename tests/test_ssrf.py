@@ -99,15 +99,24 @@ async def test_refused_targets_on_this_machine_are_never_contacted(
             f"http://2130706433:{port}/", f"http://0x7f.1:{port}/"]  # 127.0.0.1 in disguise
     # ``localhost`` goes to the system's resolver (/etc/hosts), like in production.
     with ssrf.use_resolver(mapping({"internal.test": ["127.0.0.1"]}, system=True)):
-        ids = [await job_api.create(api, "webhook", {"url": u}) for u in urls]
-        await start_worker()
-        for url, job_id in zip(urls, ids, strict=True):
-            job = await job_api.finished(api, job_id)
-            assert (job["status"], job["attempts"]) == ("FAILED", 1), url
-            assert "refused to connect" in job["last_error"], job["last_error"]
+        for job in await _webhooks_refused(api, start_worker, urls):
             assert "loopback" in job["last_error"]
     assert receiver.accepted == 0
     assert receiver.requests == []
+
+
+async def _webhooks_refused(api: Any, start_worker: Any, urls: list[str]
+                            ) -> list[dict[str, Any]]:
+    """Webhook jobs to ``urls``, run by a real worker: each must fail at once, refused."""
+    ids = [await job_api.create(api, "webhook", {"url": u}) for u in urls]
+    await start_worker()
+    jobs = []
+    for url, job_id in zip(urls, ids, strict=True):
+        job = await job_api.finished(api, job_id)
+        assert (job["status"], job["attempts"]) == ("FAILED", 1), url
+        assert "refused to connect" in job["last_error"], job["last_error"]
+        jobs.append(job)
+    return jobs
 
 
 async def test_private_and_metadata_targets_are_never_contacted(api: Any, start_worker: Any
@@ -126,12 +135,7 @@ async def test_private_and_metadata_targets_are_never_contacted(api: Any, start_
         assert len(attempts) == 1
         attempts.clear()
 
-        ids = [await job_api.create(api, "webhook", {"url": u}) for u in urls]
-        await start_worker()
-        for url, job_id in zip(urls, ids, strict=True):
-            job = await job_api.finished(api, job_id)
-            assert (job["status"], job["attempts"]) == ("FAILED", 1), url
-            assert "refused to connect" in job["last_error"], job["last_error"]
+        await _webhooks_refused(api, start_worker, urls)
         assert attempts == []
 
 

@@ -43,9 +43,10 @@ async def test_job_survives_worker_kill(service, store, db, spawn, start_worker)
     assert history[-1][:2] == ("PROCESSING", "COMPLETED")
 
 
-async def test_sigterm_lets_a_short_job_finish_within_the_grace(service, store, db, spawn):
-    row, _ = await service.create(JobCreate(job_type="record", payload={"seconds": 1}))
-    proc = await spawn("-m", "worker", shutdown_grace_seconds=10)
+async def _sigterm_mid_job(service, db, spawn, payload, grace):
+    """Start a job in a worker process, SIGTERM it mid-job, wait for a clean exit."""
+    row, _ = await service.create(JobCreate(job_type="record", payload=payload))
+    proc = await spawn("-m", "worker", shutdown_grace_seconds=grace)
 
     async def started():
         return await _runs(db, row["id"])
@@ -53,22 +54,18 @@ async def test_sigterm_lets_a_short_job_finish_within_the_grace(service, store, 
     await eventually(started, timeout=20, what="the job to start")
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 15) == 0
+    return row
+
+
+async def test_sigterm_lets_a_short_job_finish_within_the_grace(service, store, db, spawn):
+    row = await _sigterm_mid_job(service, db, spawn, {"seconds": 1}, grace=10)
     final = await store.get(row["id"])
     assert (final["status"], final["attempts"]) == ("COMPLETED", 1)
 
 
 async def test_sigterm_returns_a_long_job_to_the_queue_without_spending_an_attempt(
         service, store, db, spawn, start_worker):
-    row, _ = await service.create(JobCreate(job_type="record",
-                                            payload={"seconds": 30, "tag": "long"}))
-    proc = await spawn("-m", "worker", shutdown_grace_seconds=0.5)
-
-    async def started():
-        return await _runs(db, row["id"])
-
-    await eventually(started, timeout=20, what="the job to start")
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 15) == 0
+    row = await _sigterm_mid_job(service, db, spawn, {"seconds": 30, "tag": "long"}, grace=0.5)
     back = await store.get(row["id"])
     assert (back["status"], back["attempts"]) == ("QUEUED", 0)
     history = [(h["from_status"], h["to_status"]) for h in await store.history(row["id"])]
