@@ -69,5 +69,8 @@ class Stores:
             self._redis = None
         self._queues.clear()
         if self._pool is not None:
-            await self._pool.close()
+            try:  # close waits for every connection to come back: not forever
+                await asyncio.wait_for(self._pool.close(), 10.0)
+            except TimeoutError:
+                self._pool.terminate()
             self._pool = None

@@ -94,6 +94,8 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._settler = Settler(self._write_outcomes, settings.settle_batch_max)
         self._background: list[asyncio.Task[None]] = []
+        self._closed = False  # the background loops end (a client library may swallow a
+        # cancellation into a connection error, which the loops would otherwise ride out)
 
     def stop(self) -> None:
         """Begin a graceful shutdown (SIGTERM): stop claiming, then drain."""
@@ -335,7 +337,7 @@ class Worker:
     # --- around the loop ------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.settings.heartbeat_interval)
             atts = [a for a in self.running.values() if a.stop is None]
             if not atts:
@@ -366,11 +368,11 @@ class Worker:
             self.cancel(job_id)
 
     async def _cancel_listener(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 async with self.stores.redis.pubsub() as ps:
                     await ps.subscribe(self.queue.cancel_channel)
-                    while True:
+                    while not self._closed:
                         msg = await ps.get_message(ignore_subscribe_messages=True, timeout=None)
                         if msg and msg.get("type") == "message":
                             self.cancel(str(msg["data"]))
@@ -391,7 +393,7 @@ class Worker:
 
     async def _reaper_loop(self) -> None:
         interval = self.settings.reap_interval_seconds
-        while True:
+        while not self._closed:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))
             try:
                 summary = await recover_expired(self._store, self.queue)
@@ -435,9 +437,13 @@ class Worker:
         await self._settler.stop()
         if self._released:
             await self._release(self._released)
+        self._closed = True
         for t in self._background:
             t.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        _, stuck = await asyncio.wait(self._background, timeout=5.0)
+        if stuck:
+            log.warning("background tasks did not stop", extra={
+                "tasks": sorted(t.get_name() for t in stuck)})
         await self.stores.close()
         log.info("worker stopped", extra={"released": len(self._released)})
 
