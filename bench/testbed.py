@@ -94,9 +94,9 @@ def fill_bytecode_cache(target: Target) -> None:
 
 
 def migrate(target: Target) -> None:
-    """``python -m shared.migrate upgrade`` with the benchmark's schema, as an operator
+    """``python -m shared.store.migrate upgrade`` with the benchmark's schema, as an operator
     would run it."""
-    subprocess.run([sys.executable, "-m", "shared.migrate", "upgrade"], cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "shared.store.migrate", "upgrade"], cwd=ROOT,
                    env=target.env(), check=True, capture_output=True)
 
 

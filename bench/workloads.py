@@ -35,10 +35,10 @@ from bench.counters import cost, process_cpu_s, snapshot
 from bench.jobs import NOOP
 from bench.testbed import JOB_MODULES, Target, Testbed
 from bench.worker_process import WorkerProcess
-from shared.jobs import JobService
-from shared.models import JobCreate
+from shared.api_schemas import JobCreate
+from shared.connections import Stores
+from shared.core.service import JobService
 from shared.registry import load
-from shared.stores import Stores
 
 CHUNK = 1000
 UNFINISHED = ("PENDING", "QUEUED", "PROCESSING", "RETRYING")

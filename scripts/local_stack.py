@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             key = base64.b64encode(secrets.token_bytes(24)).decode()
             env["AJS_WEBHOOK_SECRET"] = f"whsec_{key}"
         say("running migrations")
-        subprocess.run([sys.executable, "-m", "shared.migrate", "upgrade"], check=True,
+        subprocess.run([sys.executable, "-m", "shared.store.migrate", "upgrade"], check=True,
                        cwd=ROOT, env=env)
         commands = {
             "api": [sys.executable, "-m", "uvicorn", "functions.api.app:create_app",

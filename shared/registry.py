@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from shared.queue import TypeLimit
+from shared.queue.redis_queue import TypeLimit
 
 if TYPE_CHECKING:
     import asyncpg

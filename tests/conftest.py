@@ -17,12 +17,12 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from shared import migrate
-from shared.jobs import JobService
+from shared.connections import Stores
+from shared.core.service import JobService
 from shared.registry import Registry, load
 from shared.settings import Settings
-from shared.store import JobStore
-from shared.stores import Stores
+from shared.store import migrate
+from shared.store.jobs import JobStore
 from tests.support.jobtypes import RUNS_DDL
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.queue import SCALE
+from shared.queue.redis_queue import SCALE
 from shared.settings import Settings
 from tests.support.api_checks import (
     RedisMonitor,

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.api_schemas import JobCreate
 from shared.errors import Conflict, NotFound
-from shared.models import JobCreate
 from tests.support.waits import eventually
 
 

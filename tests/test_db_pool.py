@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.db import create_pool
+from shared.store.pool import create_pool
 
 
 async def _setting_after_release(settings) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from shared.locks import Redlock
-from shared.models import JobCreate
-from shared.status import Status
-from shared.store import Outcome
+from shared.api_schemas import JobCreate
+from shared.core.status import Status
+from shared.queue.locks import Redlock
+from shared.store.jobs import Outcome
 from tests.support.servers import redis_servers
 from tests.support.waits import eventually
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from shared.job_types.data_processing import DataProcessingPayload
-from shared.records import pipeline
+from shared.job_types.data_processing.pipeline import pipeline
 from shared.registry import PermanentError
 from shared.settings import Settings
 from tests.support import job_api

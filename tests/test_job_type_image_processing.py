@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from shared.aws import AwsClients
+from shared.job_types.aws import AwsClients
 from shared.settings import Settings
 from tests.support import job_api
 from tests.support.aws_moto import Moto, use_moto

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from shared import webhook_signing
+from shared.job_types.webhook import signing as webhook_signing
+from shared.job_types.webhook.delivery import retry_after
 from shared.settings import Settings
-from shared.webhook_delivery import retry_after
 from tests.support import job_api
 from tests.support.http_receiver import Answer, Receiver, http_receiver
 
@@ -166,7 +166,7 @@ async def test_bad_webhook_payloads_get_422_naming_the_field(api: Any) -> None:
 
 def test_bodies_are_sent_as_compact_json_or_verbatim_text() -> None:
     from shared.job_types.webhook import WebhookPayload
-    from shared.webhook_delivery import encode_body
+    from shared.job_types.webhook.delivery import encode_body
 
     as_json = WebhookPayload.model_validate({"url": "https://e.example", "body": {"a": [1]}})
     assert encode_body(as_json) == (json.dumps({"a": [1]}, separators=(",", ":")).encode(),

@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from shared import migrate
 from shared.settings import Settings, get_settings
+from shared.store import migrate
 from tests.conftest import DATABASE_URL, drop_namespace, make_settings
 
 EVENTS = Path(__file__).parent / "events"

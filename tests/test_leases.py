@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.models import JobCreate
+from shared.api_schemas import JobCreate
 from tests.support.waits import eventually
 
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from shared.jobs import JobService
-from shared.models import JobCreate
+from shared.api_schemas import JobCreate
+from shared.connections import Stores
+from shared.core.service import JobService
 from shared.secret_settings import resolve_secrets
 from shared.settings import Settings
-from shared.stores import Stores
 from tests.conftest import DATABASE_URL, REDIS_URL
 from tests.support.localstack import LocalStack
 

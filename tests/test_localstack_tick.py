@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from shared.jobs import JobService
-from shared.models import JobCreate
+from shared.api_schemas import JobCreate
+from shared.connections import Stores
+from shared.core.service import JobService
 from shared.settings import Settings
-from shared.stores import Stores
 from tests.support.localstack import LocalStack
 from tests.support.waits import eventually
 

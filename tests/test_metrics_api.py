@@ -1,5 +1,5 @@
 """API request metrics: counted by route template and status, timed, and added to the
-shared Redis tally before the request ends; API containers never push a group."""
+Redis sums before the request ends; API containers never push a group."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from shared import tally
+from shared.connections import Stores
+from shared.observability import summed_counters
 from shared.settings import Settings
-from shared.stores import Stores
 from tests.support.invoke import LambdaContext
 
 EVENTS = Path(__file__).parent / "events"
@@ -30,7 +30,8 @@ async def metered_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     there, and the API never talks to it: only Redis is written)."""
     from functions.api.app import create_app
 
-    tally.TALLY.discard()  # increments made by earlier tests in this process are not ours
+    # increments made by earlier tests in this process are not ours
+    summed_counters.THIS_PROCESS.discard()
     app = create_app(settings.model_copy(update={"pushgateway_url": "http://127.0.0.1:9"}))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
@@ -40,7 +41,7 @@ async def metered_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 async def shared_sums(stores: Stores, settings: Settings) -> dict[tuple[str, str], float]:
     """{(sample name, labels as sorted JSON): value} straight from the Redis hash."""
-    raw = await stores.redis.hgetall(tally.key(settings.redis_prefix))
+    raw = await stores.redis.hgetall(summed_counters.key(settings.redis_prefix))
     out = {}
     for field, value in raw.items():
         name, labels = json.loads(field)
@@ -102,7 +103,7 @@ async def test_without_a_pushgateway_the_api_writes_no_counters(
     assert not settings.pushgateway_url
     assert (await api.post("/api/v1/jobs", json={"job_type": "noop", "payload": {}})
             ).status_code == 201
-    assert not await stores.redis.exists(tally.key(settings.redis_prefix))
+    assert not await stores.redis.exists(summed_counters.key(settings.redis_prefix))
 
 
 def test_lambda_handlers_are_not_traced_outside_lambda() -> None:

@@ -13,10 +13,10 @@ import asyncpg
 import httpx
 
 from functions.scheduler.tick import tick
-from shared import tally
+from shared.connections import Stores
+from shared.observability import summed_counters
 from shared.registry import Registry
 from shared.settings import Settings
-from shared.stores import Stores
 from tests.support.prom import Pushgateway, monitoring
 from tests.support.servers import free_port
 from tests.support.waits import eventually
@@ -38,7 +38,7 @@ async def groups_by_job(pgw: Pushgateway, client: httpx.AsyncClient) -> dict[str
 
 async def test_counters_of_many_processes_add_up_and_clean_stops_leave_no_group(
         settings: Settings, registry: Registry, spawn: Any, db: asyncpg.Pool) -> None:
-    tally.TALLY.discard()
+    summed_counters.THIS_PROCESS.discard()
     async with httpx.AsyncClient(timeout=10) as client, monitoring(
             client, prometheus=False) as (pgw, _):
         common = {"pushgateway_url": pgw.url, "push_interval_seconds": 0.2}

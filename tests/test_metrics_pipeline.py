@@ -25,11 +25,11 @@ import pytest
 
 from functions.api.app import create_app
 from functions.scheduler.tick import tick
-from shared import tally
-from shared.metrics import DURATION_BUCKETS
+from shared.connections import Stores
+from shared.observability import summed_counters
+from shared.observability.metrics import DURATION_BUCKETS
 from shared.registry import Registry
 from shared.settings import Settings
-from shared.stores import Stores
 from tests.support.prom import (
     GRAFANA_VARS,
     Prometheus,
@@ -91,7 +91,8 @@ class Stack:
 
 @pytest.fixture
 async def stack(settings: Settings, registry: Registry) -> AsyncIterator[Stack]:
-    tally.TALLY.discard()  # increments left by earlier tests in this process are not ours
+    # increments left by earlier tests in this process are not ours
+    summed_counters.THIS_PROCESS.discard()
     async with httpx.AsyncClient(timeout=10) as client, monitoring(client) as (pgw, prom):
         assert prom is not None
         s = settings.model_copy(update={"pushgateway_url": pgw.url})

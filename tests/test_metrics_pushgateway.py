@@ -13,11 +13,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from shared import tally
-from shared.pushgateway import SCHEDULER_JOB, WORKER_JOB, Pusher
+from shared.connections import Stores
+from shared.observability import summed_counters
+from shared.observability.pushgateway import SCHEDULER_JOB, WORKER_JOB, Pusher
 from shared.registry import Registry
 from shared.settings import Settings
-from shared.stores import Stores
 from tests.support.prom import Pushgateway, monitoring
 from tests.support.servers import free_port
 from tests.support.waits import eventually
@@ -107,7 +107,7 @@ async def test_the_scheduler_pushes_one_group_for_the_whole_system(
     from functions.scheduler.tick import tick
 
     pgw, client = pushgateway
-    tally.TALLY.discard()
+    summed_counters.THIS_PROCESS.discard()
     s = settings.model_copy(update={"pushgateway_url": pgw.url})
     apps = [create_app(s) for _ in range(3)]  # three "containers" (one process here)
     for i, app in enumerate(apps):

@@ -7,7 +7,7 @@ import secrets
 
 import asyncpg
 
-from shared import migrate
+from shared.store import migrate
 from tests.conftest import DATABASE_URL
 
 

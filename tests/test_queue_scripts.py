@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 
-from shared.queue import Placement, RedisQueue, TypeLimit, connect
+from shared.queue.redis_queue import Placement, RedisQueue, TypeLimit, connect
 from tests.support.servers import RedisServer
 
 

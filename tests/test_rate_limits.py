@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from shared.connections import Stores
 from shared.registry import JobContext, JobType
-from shared.stores import Stores
 from tests.support import job_api
 from tests.support.registry_scope import scoped_registrations
 from tests.support.waits import eventually

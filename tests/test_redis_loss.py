@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from functions.scheduler.tick import tick
-from shared.jobs import JobService
-from shared.models import JobCreate
-from shared.stores import Stores
+from shared.api_schemas import JobCreate
+from shared.connections import Stores
+from shared.core.service import JobService
 from tests.support.servers import RedisServer
 from tests.support.waits import eventually
 

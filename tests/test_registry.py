@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from shared.models import JobCreate
-from shared.queue import TypeLimit
+from shared.api_schemas import JobCreate
+from shared.queue.redis_queue import TypeLimit
 from shared.registry import JobType, Registry, load
 from shared.settings import Settings
 from tests.support import job_api

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from shared.backoff import retry_delay
-from shared.models import JobCreate
+from shared.api_schemas import JobCreate
+from shared.core.backoff import retry_delay
 from shared.registry import Backoff
 from tests.support.waits import eventually
 

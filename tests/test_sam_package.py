@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.jobs import JobService
-from shared.models import JobCreate
+from shared.api_schemas import JobCreate
+from shared.connections import Stores
+from shared.core.service import JobService
 from shared.settings import Settings
-from shared.stores import Stores
 from tests.conftest import ROOT, settings_env
 
 # Without AJS_SAM_BUILD_DIR the first test waits for `sam build` (one to two minutes).
@@ -148,7 +148,7 @@ def test_each_artifact_holds_our_code_and_its_dependencies(
     for artifact, handler in handlers.values():
         module = handler.rpartition(".")[0]
         assert (artifact / (module.replace(".", "/") + ".py")).is_file(), handler
-        for path in ("shared/settings.py", "shared/lua/claim.lua", "shared/job_types",
+        for path in ("shared/settings.py", "shared/queue/lua/claim.lua", "shared/job_types",
                      "asyncpg", "redis", "hiredis", "fastapi", "mangum", "pydantic_core",
                      "aws_lambda_powertools", "boto3"):
             assert (artifact / path).exists(), f"{artifact.name} lacks {path}"

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from functions.scheduler.tick import tick
-from shared.jobs import JobService
-from shared.models import JobCreate
-from shared.stores import Stores
+from shared.api_schemas import JobCreate
+from shared.connections import Stores
+from shared.core.service import JobService
 from tests.support.waits import eventually
 
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from functions.scheduler.tick import tick
-from shared.jobs import JobService
+from shared.api_schemas import JobCreate
+from shared.connections import Stores
+from shared.core.service import JobService
 from shared.maintenance import promote_due
-from shared.models import JobCreate
-from shared.stores import Stores
 
 EVENT = Path(__file__).parent / "events" / "scheduled-event.json"
 

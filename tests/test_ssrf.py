@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from shared import ssrf, webhook_signing
+from shared.job_types.webhook import signing as webhook_signing
+from shared.job_types.webhook import ssrf
 from shared.settings import Settings
 from tests.support import job_api
 from tests.support.connect_watch import watch_connects

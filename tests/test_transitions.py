@@ -8,7 +8,7 @@ import itertools
 import asyncpg
 import pytest
 
-from shared.status import TRANSITIONS, Status, is_legal
+from shared.core.status import TRANSITIONS, Status, is_legal
 
 ALL = list(Status)
 

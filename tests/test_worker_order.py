@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from shared.models import JobCreate
+from shared.api_schemas import JobCreate
 from tests.support.waits import eventually
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from shared.models import JobCreate
+from shared.api_schemas import JobCreate
 from tests.support.waits import eventually
 
 

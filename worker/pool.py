@@ -33,16 +33,16 @@ import asyncpg
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
-from shared import metrics
-from shared.backoff import retry_delay
-from shared.logs import JobLog, get_logger
+from shared.connections import Stores
+from shared.core.backoff import retry_delay
+from shared.core.status import Status
 from shared.maintenance import recover_expired
-from shared.queue import ready_score, wall_ms
+from shared.observability import metrics
+from shared.observability.logs import JobLog, get_logger
+from shared.queue.redis_queue import ready_score, wall_ms
 from shared.registry import JobContext, JobType, PermanentError, Registry, RetryableError
 from shared.settings import Settings
-from shared.status import Status
-from shared.store import Outcome
-from shared.stores import Stores
+from shared.store.jobs import Outcome
 from worker.settler import Settler
 
 log = get_logger("worker")

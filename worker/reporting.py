@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from shared import metrics
-from shared.logs import get_logger
-from shared.pushgateway import worker_pusher
+from shared.observability import metrics
+from shared.observability.logs import get_logger
+from shared.observability.pushgateway import worker_pusher
 from shared.settings import Settings
 from worker.pool import Worker
 from worker.probes import Probes

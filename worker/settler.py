@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from shared.store import Outcome
+from shared.store.jobs import Outcome
 
 
 @dataclass(slots=True)

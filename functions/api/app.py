@@ -10,10 +10,10 @@ from fastapi import FastAPI
 from functions.api import dead_letters, errors, health, job_types, jobs
 from functions.api.body_limit import BodyLimit
 from functions.api.metrics import RequestMetrics
-from shared.jobs import JobService
+from shared.connections import Stores
+from shared.core.service import JobService
 from shared.registry import load
 from shared.settings import Settings, get_settings
-from shared.stores import Stores
 
 DESCRIPTION = """Durable job scheduler: PostgreSQL holds every job, Redis holds the queues,
 asyncio workers run them. Delivery is at least once; a late duplicate attempt cannot

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 from functions.api.deps import JobTypeFilter, Service, decode_cursor, encode_cursor
+from shared.api_schemas import CountResult, ErrorResponse, JobOut, JobPage, RedriveRequest
+from shared.core.status import Status
 from shared.errors import Conflict
-from shared.models import CountResult, ErrorResponse, JobOut, JobPage, RedriveRequest
-from shared.status import Status
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letter queue"])
 

@@ -8,9 +8,9 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from shared.api_schemas import NAME_PATTERN
+from shared.core.service import JobService
 from shared.errors import ValidationFailed
-from shared.jobs import JobService
-from shared.models import NAME_PATTERN
 
 
 async def get_service(request: Request) -> JobService:

@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import UserError
-from shared.logs import get_logger
+from shared.observability.logs import get_logger
 
 log = get_logger("api")
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from functions.api.deps import Service
 from functions.api.errors import error_response
-from shared.models import ErrorResponse, Health
+from shared.api_schemas import ErrorResponse, Health
 
 router = APIRouter(tags=["health"])
 

@@ -9,9 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 
 from functions.api.deps import JobTypeFilter, Service, decode_cursor, encode_cursor
-from shared import metrics
-from shared.errors import PayloadTooLarge
-from shared.models import (
+from shared.api_schemas import (
     BatchResult,
     ErrorResponse,
     JobBatchCreate,
@@ -23,7 +21,9 @@ from shared.models import (
     Stats,
     Transition,
 )
-from shared.status import Status
+from shared.core.status import Status
+from shared.errors import PayloadTooLarge
+from shared.observability import metrics
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -3,10 +3,10 @@
 Each request is counted by method, route template (``/api/v1/jobs/{job_id}``, never the
 raw path, which would make a series per job) and status, and timed by method and route.
 Then, before the request (and so the Lambda invocation) ends, this container's new
-increments, these and ``jobs_created_total``, go to the shared Redis tally in one round
-trip (``shared.tally``); the scheduler publishes the sums. A container never pushes to the
-Pushgateway, so none leaves a group behind. A failed flush costs the request nothing: the
-increments wait for the next request.
+increments, these and ``jobs_created_total``, go to the sums in Redis in one round trip
+(``shared.observability.summed_counters``); the scheduler publishes the sums. A container
+never pushes to the Pushgateway, so none leaves a group behind. A failed flush costs the
+request nothing: the increments wait for the next request.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import time
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import metrics, tally
-from shared.logs import get_logger
-from shared.stores import Stores
+from shared.connections import Stores
+from shared.observability import metrics, summed_counters
+from shared.observability.logs import get_logger
 
 log = get_logger("api")
 
@@ -35,7 +35,7 @@ class RequestMetrics:
         self.app = app
         self.stores = stores
         self.enabled = bool(stores.settings.pushgateway_url)
-        self.key = tally.key(stores.settings.redis_prefix)
+        self.key = summed_counters.key(stores.settings.redis_prefix)
         self._retry_at = 0.0  # while Redis fails, flush at most every FLUSH_BACKOFF s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,7 +68,7 @@ class RequestMetrics:
             return  # Redis failed a moment ago: let requests pass without waiting on it
         try:
             async with asyncio.timeout(FLUSH_TIMEOUT):
-                await tally.TALLY.flush(self.stores.redis, self.key)
+                await summed_counters.THIS_PROCESS.flush(self.stores.redis, self.key)
         except (RedisError, OSError, TimeoutError) as exc:
             # The increments stay pending. (A timeout after EXEC reached Redis would add
             # them twice: the one way to over-count, and only while Redis is failing.)

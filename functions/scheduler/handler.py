@@ -17,11 +17,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.scheduler.tick import tick
 from functions.tracing import lambda_tracer, traced
-from shared.logs import get_logger
+from shared.connections import Stores
+from shared.observability.logs import get_logger
 from shared.registry import load
 from shared.secret_settings import resolve_secrets
 from shared.settings import get_settings
-from shared.stores import Stores
 
 
 class ScheduledEvent(EventBridgeModel):

@@ -4,7 +4,7 @@
   letter size, scheduled jobs waiting) come from Redis and PostgreSQL here and nowhere
   else, so two processes never report two values for one gauge.
 - The counters that short-lived processes add to (API requests, jobs created, the
-  scheduler's own lease recoveries) are read as sums from the Redis tally.
+  scheduler's own lease recoveries) are read as sums from the Redis summed_counters.
 
 The tick publishes while it holds its lock, so two overlapping ticks never push
 snapshots out of order (an older snapshot landing last would look like a counter reset).
@@ -19,12 +19,12 @@ import asyncpg
 from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
-from shared import metrics, tally
-from shared.logs import get_logger
+from shared.connections import Stores
 from shared.maintenance import Summary
-from shared.pushgateway import scheduler_pusher
-from shared.store import JobStore
-from shared.stores import Stores
+from shared.observability import metrics, summed_counters
+from shared.observability.logs import get_logger
+from shared.observability.pushgateway import scheduler_pusher
+from shared.store.jobs import JobStore
 
 log = get_logger("scheduler")
 PRIORITIES = range(1, 11)
@@ -64,13 +64,13 @@ async def publish(stores: Stores, store: JobStore, job_types: Iterable[str],
     count_recoveries(summary)
     pusher = scheduler_pusher(settings, metrics.CLUSTER)
     if pusher is None:
-        tally.TALLY.discard()
+        summed_counters.THIS_PROCESS.discard()
         return False
-    key = tally.key(settings.redis_prefix)
+    key = summed_counters.key(settings.redis_prefix)
     try:
         await set_gauges(store, summary.depth)
-        await tally.TALLY.flush(stores.redis, key)
-        sums = await tally.read(stores.redis, key)
+        await summed_counters.THIS_PROCESS.flush(stores.redis, key)
+        sums = await summed_counters.read(stores.redis, key)
     except (RedisError, OSError, asyncpg.PostgresError) as exc:
         log.warning("metrics not published", extra={"error": repr(exc)})
         return False

@@ -14,11 +14,11 @@ from dataclasses import asdict
 from typing import Any
 
 from functions.scheduler.publish import publish
-from shared.locks import Redlock
+from shared.connections import Stores
 from shared.maintenance import Summary, promote_due, reconcile, recover_expired
+from shared.queue.locks import Redlock
 from shared.registry import Registry
-from shared.store import JobStore
-from shared.stores import Stores
+from shared.store.jobs import JobStore
 
 LOCK_NAME = "scheduler-tick"
 LOCK_SECONDS = 300.0  # longer than any tick; released at the end of each one

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from prometheus_client.metrics import MetricWrapperBase
 
-from shared import metrics
+from shared.observability import metrics
 from shared.registry import Registry, load, registry
 from tests.conftest import TEST_MODULES
 

@@ -1,0 +1,152 @@
+"""The API's request and response bodies (pydantic), also used by library callers."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from shared.core.status import Status
+
+# Names used as filters reach PostgreSQL as text parameters, which refuse NUL; no control
+# characters at all (and, being checked by pydantic-core, no unpaired surrogates).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "job_type": "email",
+        "payload": {"to": "user@example.com", "subject": "Test Email",
+                    "body": "This is a test email from the job scheduler"},
+        "priority": 5,
+    }]})
+
+    job_type: str = Field(min_length=1, max_length=100, description="A registered job type.")
+    payload: dict[str, Any] = Field(default_factory=dict,
+                                    description="Validated against the job type's model.")
+    # Strict: a JSON integer, not true/false or 5.0 quietly coerced into a priority.
+    priority: int | None = Field(None, ge=1, le=10, strict=True,
+                                 description="1 is highest; default: the type's (5).")
+    scheduled_at: AwareDatetime | None = Field(
+        None, description="When to run; must carry a time zone. Default: now.")
+    max_retries: int | None = Field(None, ge=0, le=100, strict=True)
+    timeout_seconds: float | None = Field(None, gt=0, le=86400, allow_inf_nan=False)
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        # 0001-01-01T00:00+14:00 is valid ISO 8601 but falls before year 1 in UTC, which
+        # neither Python nor asyncpg can represent: refuse it here, not as a 500 at INSERT.
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("date is out of range once converted to UTC") from None
+
+
+class JobBatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobCreate] = Field(min_length=1, description="Up to 1,000 jobs, all or nothing.")
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    job_type: str
+    queue: str
+    payload: dict[str, Any]
+    priority: int
+    status: Status
+    status_reason: str | None = None
+    scheduled_at: datetime | None = None
+    next_attempt_at: datetime | None = Field(
+        None, description="When a PENDING or RETRYING job is due.")
+    attempts: int
+    max_retries: int
+    timeout_seconds: float
+    result: Any = None
+    last_error: str | None = None
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def of(cls, row: Any) -> JobOut:
+        data = dict(row)
+        data["next_attempt_at"] = data.pop("run_at", None)
+        return cls.model_validate(data)
+
+
+class Transition(BaseModel):
+    from_status: Status | None
+    to_status: Status
+    attempt: int
+    reason: str | None = None
+    worker: str | None = None
+    at: datetime
+
+
+class JobDetail(JobOut):
+    history: list[Transition] = []
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
+
+
+class BatchResult(BaseModel):
+    jobs: list[JobOut]
+
+
+class QueueStats(BaseModel):
+    ready_by_priority: dict[int, int]
+    delayed: int
+    processing: int
+
+
+class Stats(BaseModel):
+    by_status: dict[str, int]
+    by_type: dict[str, dict[str, int]]
+    queues: dict[str, QueueStats]
+    success_rate: float | None = Field(
+        None, description="COMPLETED / (COMPLETED + FAILED); null before any job ended.")
+    retries: int = Field(description="Attempts beyond the first, over all jobs.")
+    dead_letter_size: int
+
+
+class RedriveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_type: str | None = Field(None, max_length=100, pattern=NAME_PATTERN,
+                                 description="Only dead jobs of this type.")
+
+
+class CountResult(BaseModel):
+    count: int
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int] = []
+    msg: str
+    type: str | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str]

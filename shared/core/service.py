@@ -1,0 +1,254 @@
+"""Creating and steering jobs: the verbs the API (and any Python caller) uses.
+
+Enqueue commits the row first, then pushes to Redis. If the push fails the row goes back
+to PENDING and the scheduler's sweep enqueues it later: the caller still gets its job,
+and nothing is lost (the status column is the outbox).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from shared.api_schemas import JobCreate
+from shared.connections import Stores
+from shared.core.status import Status
+from shared.errors import Conflict, IdempotencyConflict, NotFound, ValidationFailed
+from shared.observability.logs import get_logger
+from shared.queue.redis_queue import Placement
+from shared.registry import Registry
+from shared.store.jobs import JobStore, NewJob, Row
+
+log = get_logger("api")
+
+
+def request_hash(specs: Sequence[JobCreate], batch: bool = False) -> str:
+    # The endpoint is part of the request: a batch of one reusing a single create's key
+    # (``k#0`` vs ``k``) must be a conflict, never a replay of the other endpoint's job.
+    canonical = json.dumps({"batch": batch, "jobs": [s.model_dump(mode="json") for s in specs]},
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _payload_invalid(spec: JobCreate, loc: list[str | int], exc: ValidationError
+                     ) -> ValidationFailed:
+    details: list[dict[str, Any]] = []
+    seen: set[tuple[str | int, ...]] = set()
+    for e in exc.errors(include_url=False):
+        where = (*loc, "payload", *_input_path(spec.payload, e["loc"], e["type"]))
+        if where not in seen:  # one entry per field, not one per member of a union
+            seen.add(where)
+            details.append({"loc": list(where), "msg": e["msg"], "type": e["type"]})
+    first = details[0]
+    return ValidationFailed(
+        f"invalid payload for job_type {spec.job_type!r}: "
+        f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}", details)
+
+
+def _input_path(data: Any, loc: Sequence[str | int], kind: str) -> list[str | int]:
+    """A pydantic error location as a path through the client's own input.
+
+    For a union field pydantic inserts the member's tag (``to.function-after[...]`` for
+    ``EmailStr | list[EmailStr]``): a step the input does not have is such a tag, and is
+    dropped. Only a missing field may end the path without being in the input.
+    """
+    path: list[str | int] = []
+    for i, step in enumerate(loc):
+        present = (step in data if isinstance(data, dict)
+                   else isinstance(data, list) and isinstance(step, int)
+                   and 0 <= step < len(data))
+        if present:
+            data = data[step]
+            path.append(step)
+        elif kind == "missing" and i == len(loc) - 1:
+            path.append(step)
+    return path
+
+
+# PostgreSQL's jsonb refuses \u0000, and a lone surrogate cannot be encoded as UTF-8.
+_UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(payload: Any) -> tuple[list[str | int], str] | None:
+    """Where a payload holds what jsonb cannot store: NaN, infinities, NUL, surrogates.
+
+    Iterative: a payload may nest as deep as the JSON parser allowed.
+    """
+    todo: list[tuple[Any, list[str | int]]] = [(payload, [])]
+    while todo:
+        value, path = todo.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path, "NaN and infinite numbers are not valid JSON"
+        if isinstance(value, str) and _UNSTORABLE_CHARS.search(value):
+            return path, "strings may not hold NUL (\\u0000) or unpaired surrogates"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and _UNSTORABLE_CHARS.search(key):
+                    return path, "keys may not hold NUL (\\u0000) or unpaired surrogates"
+                todo.append((item, [*path, key]))
+        elif isinstance(value, list | tuple):
+            todo.extend((item, [*path, i]) for i, item in enumerate(value))
+    return None
+
+
+class JobService:
+    def __init__(self, stores: Stores, registry: Registry) -> None:
+        self.stores = stores
+        self.registry = registry
+        self.settings = stores.settings
+
+    # --- create ---------------------------------------------------------------------------
+
+    def _prepare(self, spec: JobCreate, loc: list[str | int], now: datetime) -> NewJob:
+        jt = self.registry.get(spec.job_type)
+        if jt is None:
+            raise ValidationFailed(
+                f"unknown job_type {spec.job_type!r}; known types: "
+                + ", ".join(self.registry.names()),
+                [{"loc": [*loc, "job_type"], "msg": "unknown job type; known: "
+                  + ", ".join(self.registry.names()), "type": "unknown_job_type"}],
+            )
+        try:
+            model = jt.parse(spec.payload)
+        except ValidationError as exc:
+            raise _payload_invalid(spec, loc, exc) from None
+        # Checked on the python dump: the JSON dump would silently turn NaN into null.
+        problem = _unstorable(model.model_dump(exclude_unset=True))
+        if problem is not None:
+            where, msg = problem
+            raise ValidationFailed(
+                f"invalid payload for job_type {spec.job_type!r}: "
+                f"{'.'.join(str(p) for p in [*loc, 'payload', *where])}: {msg}",
+                [{"loc": [*loc, "payload", *where], "msg": msg, "type": "json_invalid"}])
+        payload = model.model_dump(mode="json", exclude_unset=True)
+        status = Status.QUEUED
+        if spec.scheduled_at is not None:
+            horizon = now + timedelta(seconds=self.settings.schedule_lookahead_seconds)
+            if spec.scheduled_at > horizon:
+                status = Status.PENDING
+        return NewJob(
+            job_type=jt.name,
+            payload=payload,
+            priority=spec.priority if spec.priority is not None else jt.priority,
+            max_retries=(spec.max_retries if spec.max_retries is not None
+                         else jt.max_retries if jt.max_retries is not None
+                         else self.settings.default_max_retries),
+            timeout_seconds=(spec.timeout_seconds or jt.timeout_seconds
+                             or self.settings.default_timeout_seconds),
+            queue=jt.queue,
+            scheduled_at=spec.scheduled_at,
+            status=status,
+        )
+
+    async def create(self, spec: JobCreate, idempotency_key: str | None = None
+                     ) -> tuple[Row, bool]:
+        """Create one job. Returns the job and False when it is an idempotent replay."""
+        rows, created = await self.create_many([spec], idempotency_key, batch=False)
+        return rows[0], created
+
+    async def create_many(self, specs: Sequence[JobCreate], idempotency_key: str | None = None,
+                          *, batch: bool = True) -> tuple[list[Row], bool]:
+        """Validate every job first (all or nothing), then one INSERT and one Redis push."""
+        if len(specs) > self.settings.batch_max_jobs:
+            raise ValidationFailed(
+                f"a batch holds at most {self.settings.batch_max_jobs} jobs, got {len(specs)}",
+                [{"loc": ["body", "jobs"], "msg": f"at most {self.settings.batch_max_jobs} "
+                  "jobs", "type": "too_long"}])
+        now = datetime.now(UTC)
+        new = [self._prepare(s, ["body", "jobs", i] if batch else ["body"], now)
+               for i, s in enumerate(specs)]
+        digest = request_hash(specs, batch) if idempotency_key else None
+        if idempotency_key:
+            keys = ([f"{idempotency_key}#{i}" for i in range(len(new))] if batch
+                    else [idempotency_key])
+            new = [replace(j, idempotency_key=k, request_hash=digest)
+                   for j, k in zip(new, keys, strict=True)]
+        store = await self.stores.store()
+        rows = await store.insert(new, all_or_nothing=bool(idempotency_key))
+        if len(rows) < len(new):
+            return await self._replay(store, new, digest), False
+        return await self._push(store, rows), True
+
+    async def _replay(self, store: JobStore, new: Sequence[NewJob], digest: str | None
+                      ) -> list[Row]:
+        # Some keys existed already (and this request's insert was rolled back). Only a
+        # complete, identical earlier request is a replay; anything else is a conflict.
+        keys = [j.idempotency_key for j in new if j.idempotency_key]
+        earlier = await store.get_by_idempotency_keys(keys)
+        if len(earlier) == len(new) and all(r["request_hash"] == digest for r in earlier):
+            order = {k: i for i, k in enumerate(keys)}
+            return sorted(earlier, key=lambda r: order[r["idempotency_key"]])
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body",
+            [{"loc": ["header", "Idempotency-Key"], "msg": "key reused with another body",
+              "type": "idempotency_conflict"}])
+
+    async def _push(self, store: JobStore, rows: Sequence[Row]) -> list[Row]:
+        by_queue: dict[str, list[Placement]] = {}
+        for r in rows:
+            if r["status"] == Status.QUEUED:
+                by_queue.setdefault(r["queue"], []).append(Placement.of(r))
+        failed: list[uuid.UUID] = []
+        for queue, placements in by_queue.items():
+            try:
+                await self.stores.queue(queue).push(placements)
+            except (RedisError, OSError) as exc:
+                log.warning("redis push failed, jobs left PENDING for the sweep",
+                            extra={"queue": queue, "jobs": len(placements), "error": str(exc)})
+                failed.extend(p.job_id for p in placements)  # type: ignore[misc]
+        if failed:
+            await store.mark_pending(failed, "redis unavailable at enqueue")
+            fetched = {r["id"]: r for r in await store.get_many(failed)}
+            return [fetched.get(r["id"], r) for r in rows]
+        return list(rows)
+
+    # --- steer -------------------------------------------------------------------------------
+
+    async def get(self, job_id: uuid.UUID) -> asyncpg.Record:
+        row = await (await self.stores.store()).get(job_id)
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return row
+
+    async def cancel(self, job_id: uuid.UUID) -> tuple[str, asyncpg.Record]:
+        """Cancel at once if waiting; signal the worker if running; 409 if finished."""
+        store = await self.stores.store()
+        outcome, row = await store.cancel(job_id, "cancelled by request")
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        if outcome == "refused":
+            raise Conflict(f"job {job_id} is {row['status']} and can no longer be cancelled")
+        queue = self.stores.queue(row["queue"])
+        try:
+            if outcome == "cancelled":
+                await queue.remove([(row["id"], row["job_type"])])
+            else:
+                await queue.request_cancel(row["id"])
+        except (RedisError, OSError) as exc:
+            # PostgreSQL already holds the decision: a stale Redis entry is refused at claim,
+            # and a running job's worker sees cancel_requested when it settles.
+            log.warning("cancel recorded in PostgreSQL, Redis not told",
+                        extra={"job_id": str(job_id), "job_type": row["job_type"],
+                               "attempt": row["attempts"], "error": str(exc)})
+        return outcome, row
+
+    async def redrive(self, *, job_ids: Sequence[uuid.UUID] | None = None,
+                      job_type: str | None = None) -> list[Row]:
+        store = await self.stores.store()
+        rows = await store.redrive(job_ids=job_ids, job_type=job_type)
+        return await self._push(store, list(rows))
+
+    async def purge_dead(self, job_type: str | None = None) -> int:
+        return await (await self.stores.store()).purge_dead(job_type)
+

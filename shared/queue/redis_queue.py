@@ -1,0 +1,217 @@
+"""The Redis side of the queue: derived state that PostgreSQL can always rebuild.
+
+Layout (every key of one queue shares the hash tag ``{prefix:queue}``, so each script
+touches a single Redis Cluster slot):
+
+- ``ready:<type>``  sorted set per job type, score ``priority * SCALE + seq``: strict
+  priority, then FIFO by the PostgreSQL sequence (which survives a Redis flush).
+- ``types``         the job types that may have ready jobs.
+- ``delayed``       sorted set by due time (ms); ``delayed_meta`` keeps type and ready score.
+- ``lease``         sorted set of running jobs by lease deadline (ms); ``reaped`` holds
+                    expired ones while a reaper decides their fate.
+- ``running:<type>``/``rate:<type>``  concurrency and rate-limit state, shared by all workers.
+- ``cancel``        ids whose cancel was requested; ``signal`` wakes idle workers.
+
+Every multi-key step is one Lua script (``shared/queue/lua``). Scripts read Redis's own clock, so
+all workers agree on "now".
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+SCALE = 10**14  # ready score = priority * SCALE + seq; exact in a double up to 2**53
+LUA = Path(__file__).with_name("lua")
+
+
+def ready_score(priority: int, seq: int) -> int:
+    return priority * SCALE + seq
+
+
+def epoch_ms(moment: datetime | None) -> int:
+    return 0 if moment is None else int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one job goes in Redis."""
+
+    job_id: uuid.UUID | str
+    job_type: str
+    priority: int
+    seq: int
+    due_ms: int = 0  # 0: ready now
+
+    def packed(self) -> str:
+        """The one argument push.lua takes per job."""
+        return (f"{self.job_id}|{self.job_type}|{ready_score(self.priority, self.seq)}|"
+                f"{self.due_ms}")
+
+    @classmethod
+    def of(cls, row: Any) -> Placement:
+        """From a row with id, job_type, priority, seq and run_at."""
+        return cls(row["id"], row["job_type"], row["priority"], row["seq"],
+                   epoch_ms(row["run_at"]))
+
+
+@dataclass(frozen=True, slots=True)
+class TypeLimit:
+    job_type: str
+    concurrency: int = 0  # 0: unlimited
+    rate: int = 0  # starts allowed per ``per_ms``; 0: unlimited
+    per_ms: int = 1000
+
+
+def connect(url: str) -> aioredis.Redis:
+    # hiredis parses replies when installed (it is a dependency).
+    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+class RedisQueue:
+    def __init__(self, client: aioredis.Redis, prefix: str, queue: str = "default") -> None:
+        self.redis = client
+        self.queue = queue
+        self.base = f"{{{prefix}:{queue}}}"
+        b = self.base
+        self.k_types, self.k_delayed, self.k_meta = f"{b}:types", f"{b}:delayed", f"{b}:dmeta"
+        self.k_lease, self.k_reaped = f"{b}:lease", f"{b}:reaped"
+        self.k_cancel, self.k_signal = f"{b}:cancel", f"{b}:signal"
+        self.cancel_channel = f"{b}:cancel"
+        self.held: list[tuple[str, str]] = []  # of the last claim: see claim()
+        self._s: dict[str, AsyncScript] = {
+            p.stem: client.register_script(p.read_text()) for p in LUA.glob("*.lua")}
+
+    def ready_key(self, job_type: str) -> str:
+        return f"{self.base}:ready:{job_type}"
+
+    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._s[name](keys=keys, args=args)
+
+    # --- enqueue side ---------------------------------------------------------------------
+
+    async def push(self, placements: Sequence[Placement]) -> int:
+        """Place jobs (one round trip however many) and wake one idle worker."""
+        if not placements:
+            return 0
+        args: list[Any] = [self.base, *(p.packed() for p in placements)]
+        keys = [self.k_types, self.k_delayed, self.k_meta, self.k_signal]
+        return int(await self._run("push", keys, args))
+
+    async def remove(self, jobs: Iterable[tuple[uuid.UUID | str, str]]) -> int:
+        args: list[Any] = [self.base]
+        for job_id, job_type in jobs:
+            args.extend((str(job_id), job_type))
+        if len(args) == 1:
+            return 0
+        return int(await self._run("remove", [self.k_delayed, self.k_meta], args))
+
+    async def request_cancel(self, job_id: uuid.UUID | str) -> None:
+        """Tell whichever worker runs the job; the set covers a worker that missed the
+        message (its next heartbeat sees it)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(self.k_cancel, str(job_id))
+            pipe.publish(self.cancel_channel, str(job_id))
+            await pipe.execute()
+
+    # --- worker side --------------------------------------------------------------------------
+
+    async def claim(
+        self, n: int, lease_seconds: float, types: Sequence[TypeLimit],
+        promote_max: int = 1000, lock_token: str = "",
+    ) -> tuple[list[tuple[str, str, int]], float | None]:
+        """Claim up to ``n`` jobs of the given types (with their limits), taking each one's
+        lock in the same step when ``lock_token`` is given. Returns ``[(id, type,
+        ready_score)]`` and the seconds until more work may be due (None: nothing
+        scheduled); ``self.held`` then names the ``(type, limit)`` pairs whose ready jobs a
+        rate or concurrency limit kept waiting."""
+        args: list[Any] = [self.base, n, int(lease_seconds * 1000), promote_max, lock_token]
+        for lim in types:
+            args.extend((lim.job_type, lim.concurrency, lim.rate, lim.per_ms))
+        keys = [self.k_types, self.k_delayed, self.k_meta, self.k_lease, self.k_signal]
+        flat, wake, held = await self._run("claim", keys, args)
+        self.held = [(held[i], held[i + 1]) for i in range(0, len(held), 2)]
+        jobs = [(flat[i], flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+        return jobs, (None if int(wake) < 0 else int(wake) / 1000)
+
+    async def wait_for_work(self, seconds: float) -> bool:
+        """Block until a push signals new work or ``seconds`` pass (no busy polling)."""
+        if seconds <= 0:
+            return False
+        got = await self.redis.blpop([self.k_signal], timeout=max(seconds, 0.001))
+        return got is not None
+
+    async def move(self, moves: Sequence[tuple[str, str, str, int, int]],
+                   lock_token: str = "") -> None:
+        """Apply ``(id, type, action, ready_score, due_ms)`` moves out of lease/reaped,
+        releasing each job's lock when ``lock_token`` still holds it."""
+        if not moves:
+            return
+        args: list[Any] = [self.base, lock_token]
+        for m in moves:
+            args.extend(m)
+        keys = [self.k_types, self.k_delayed, self.k_meta, self.k_lease, self.k_reaped,
+                self.k_cancel, self.k_signal]
+        await self._run("move", keys, args)
+
+    async def heartbeat(
+        self, running: Sequence[tuple[str, str, bool]], lease_seconds: float,
+        lock_token: str = "",
+    ) -> tuple[list[str], list[str]]:
+        """Extend leases (and, with ``lock_token``, locks) of ``(id, type,
+        concurrency_limited)``. Returns the ids to cancel and the ids whose lock another
+        worker holds now."""
+        if not running:
+            return [], []
+        args: list[Any] = [self.base, int(lease_seconds * 1000), lock_token]
+        for job_id, job_type, limited in running:
+            args.extend((job_id, job_type, "1" if limited else "0"))
+        cancelled, lost = await self._run("heartbeat", [self.k_lease, self.k_cancel], args)
+        return list(cancelled), list(lost)
+
+    # --- maintenance ---------------------------------------------------------------------------
+
+    async def reap(self, limit: int = 1000, stale_seconds: float = 60.0) -> list[str]:
+        out = await self._run("reap", [self.k_lease, self.k_reaped],
+                              [limit, int(stale_seconds * 1000)])
+        return list(dict.fromkeys(out))
+
+    async def ensure(
+        self, rows: Sequence[Any], lease_seconds: float
+    ) -> tuple[int, int, int]:
+        """Re-place active jobs Redis lost; rows carry id, job_type, status, priority,
+        seq, run_at."""
+        if not rows:
+            return 0, 0, 0
+        args: list[Any] = [self.base, int(lease_seconds * 1000)]
+        for r in rows:
+            args.extend((str(r["id"]), r["job_type"], r["status"],
+                         ready_score(r["priority"], r["seq"]), epoch_ms(r["run_at"])))
+        keys = [self.k_types, self.k_delayed, self.k_meta, self.k_lease, self.k_reaped]
+        a, b, c = await self._run("ensure", keys, args)
+        return int(a), int(b), int(c)
+
+    async def depth(self) -> dict[str, Any]:
+        out = await self._run("depth", [self.k_types, self.k_delayed, self.k_lease],
+                              [self.base, SCALE])
+        return {
+            "ready_by_priority": {p + 1: int(out[p]) for p in range(10)},
+            "delayed": int(out[10]),
+            "leased": int(out[11]),
+        }
+
+    async def now_ms(self) -> int:
+        sec, usec = await self.redis.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)

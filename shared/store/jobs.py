@@ -1,0 +1,466 @@
+"""Every SQL statement on the jobs table, as verbs that read like the state machine.
+
+PostgreSQL is the source of truth. Each verb is one statement (one round trip), and every
+status change is a conditional UPDATE: ``WHERE status = ANY(<legal sources>)``, so an
+illegal move is refused rather than applied; the trigger installed by the first migration
+refuses it again and records the history. Writes made on behalf of a running attempt
+carry its fencing token (the attempt number) and match only while it is still current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shared.core.status import TERMINAL, Status, sources_of
+
+# A job as JOB_COLUMNS: a Record from the database, or a dict built from what we inserted.
+Row = Mapping[str, Any] | asyncpg.Record
+
+JOB_COLUMNS = """id, seq, queue, job_type, payload, priority, status, status_reason,
+    scheduled_at, run_at, attempts, max_retries, timeout_seconds, last_error, result,
+    idempotency_key, request_hash, cancel_requested, lease_owner, created_at, updated_at,
+    started_at, finished_at"""
+
+# Columns a worker needs to run a job (and to hand it back to Redis).
+CLAIM_COLUMNS = """id, seq, queue, job_type, payload, priority, attempts, max_retries,
+    timeout_seconds, cancel_requested, created_at, scheduled_at"""
+
+# Columns Redis needs to place a job (queue, type, ready score, due time).
+PLACE_COLUMNS = "id, queue, job_type, priority, seq, status, run_at"
+
+
+INSERT_SQL = """
+    INSERT INTO jobs (id, queue, job_type, payload, priority, status, scheduled_at, run_at,
+                      max_retries, timeout_seconds, idempotency_key, request_hash)
+    SELECT i, q, t, p, pr, st, s, s, mr, ts, k, h
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::text[],
+                $7::timestamptz[], $8::int[], $9::float8[], $10::text[], $11::text[])
+         AS u(i, q, t, p, pr, st, s, mr, ts, k, h)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, seq, created_at"""
+
+
+def _new_row(job_id: uuid.UUID, job: NewJob, made: asyncpg.Record) -> dict[str, Any]:
+    """A just-inserted job as ``SELECT JOB_COLUMNS`` would return it."""
+    return {
+        "id": job_id, "seq": made["seq"], "queue": job.queue, "job_type": job.job_type,
+        "payload": job.payload, "priority": job.priority, "status": job.status.value,
+        "status_reason": None, "scheduled_at": job.scheduled_at, "run_at": job.scheduled_at,
+        "attempts": 0, "max_retries": job.max_retries,
+        "timeout_seconds": float(job.timeout_seconds), "last_error": None, "result": None,
+        "idempotency_key": job.idempotency_key, "request_hash": job.request_hash,
+        "cancel_requested": False, "lease_owner": None, "created_at": made["created_at"],
+        "updated_at": made["created_at"], "started_at": None, "finished_at": None,
+    }
+
+
+class _Incomplete(Exception):
+    """Raised inside the insert transaction to roll it back."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    job_type: str
+    payload: dict[str, Any]
+    priority: int
+    max_retries: int
+    timeout_seconds: float
+    queue: str = "default"
+    scheduled_at: datetime | None = None
+    status: Status = Status.QUEUED
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt ended, to be written under its fencing token."""
+
+    job_id: uuid.UUID
+    attempt: int
+    status: Status  # COMPLETED, RETRYING, FAILED or CANCELLED
+    result: Any = None
+    error: str | None = None
+    run_at: datetime | None = None  # when a RETRYING job is due again
+    reason: str | None = None
+
+
+class JobStore:
+    """Takes a pool, or one connection (the scheduler holds its advisory lock on it)."""
+
+    def __init__(self, pool: asyncpg.Pool | asyncpg.Connection
+                 | asyncpg.pool.PoolConnectionProxy) -> None:
+        self.pool = pool
+
+    # --- create and read ------------------------------------------------------------------
+
+    async def insert(self, jobs: Sequence[NewJob], *, all_or_nothing: bool = False
+                     ) -> list[Row]:
+        """Insert jobs in one statement and return them as rows (``JOB_COLUMNS``).
+
+        A row whose idempotency key exists is skipped (the caller looks the original up),
+        so a retried request never makes a second job. With ``all_or_nothing`` the
+        statement runs in a transaction that is rolled back (returning ``[]``) unless every
+        row went in, so a half-replayed batch leaves nothing behind, not even for a moment.
+        The database returns only what it made (id order, seq, created_at): the rest of
+        each row is what we sent, which spares decoding every payload back.
+        """
+        ids = [uuid.uuid4() for _ in jobs]
+        args = (
+            ids,
+            [j.queue for j in jobs],
+            [j.job_type for j in jobs],
+            [j.payload for j in jobs],
+            [j.priority for j in jobs],
+            [j.status.value for j in jobs],
+            [j.scheduled_at for j in jobs],
+            [j.max_retries for j in jobs],
+            [j.timeout_seconds for j in jobs],
+            [j.idempotency_key for j in jobs],
+            [j.request_hash for j in jobs],
+        )
+        if not all_or_nothing:
+            made = await self.pool.fetch(INSERT_SQL, *args)
+        else:
+            try:
+                async with self._acquire() as conn, conn.transaction():
+                    made = await conn.fetch(INSERT_SQL, *args)
+                    if len(made) < len(jobs):
+                        raise _Incomplete
+            except _Incomplete:
+                return []
+        by_id = {r["id"]: r for r in made}
+        return [_new_row(i, job, by_id[i]) for i, job in zip(ids, jobs, strict=True)
+                if i in by_id]
+
+    def _acquire(self) -> Any:
+        if isinstance(self.pool, asyncpg.Pool):
+            return self.pool.acquire()
+        return contextlib.nullcontext(self.pool)
+
+    async def get_many(self, job_ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::uuid[])", list(job_ids))
+
+    async def get(self, job_id: uuid.UUID) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+
+    async def get_by_idempotency_keys(self, keys: Sequence[str]) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ANY($1::text[]) "
+            "ORDER BY seq",
+            list(keys),
+        )
+
+    async def list_jobs(
+        self,
+        *,
+        status: Status | None = None,
+        job_type: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 50,
+    ) -> list[asyncpg.Record]:
+        """Newest first; ``before_seq`` is the keyset cursor (stable under inserts).
+
+        Only the filters given go into the WHERE clause (each from a fixed fragment, values
+        always as parameters): ``($1 IS NULL OR status = $1)`` would keep PostgreSQL from
+        using the status index.
+        """
+        fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
+                     "before_seq": "seq < ${}"}
+        given = {"status": status.value if status else None, "job_type": job_type,
+                 "before_seq": before_seq}
+        where, args = [], []
+        for name, value in given.items():
+            if value is not None:
+                args.append(value)
+                where.append(fragments[name].format(len(args)))
+        args.append(limit)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return await self.pool.fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ${len(args)}",
+            *args)
+
+    async def history(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
+        """Every state change of a job, oldest first. The first entry, its creation, is
+        derived from the row (the state it was created in is the first change's source),
+        so an insert writes no history: batch enqueue stays one cheap statement."""
+        return await self.pool.fetch(
+            """
+            SELECT NULL AS from_status,
+                   coalesce((SELECT t.from_status FROM job_transitions t
+                             WHERE t.job_id = j.id ORDER BY t.id LIMIT 1), j.status)
+                       AS to_status,
+                   0 AS attempt, NULL AS reason, NULL AS worker, j.created_at AS at
+            FROM jobs j WHERE j.id = $1
+            UNION ALL
+            (SELECT from_status, to_status, attempt, reason, worker, at
+             FROM job_transitions WHERE job_id = $1 ORDER BY id)""",
+            job_id,
+        )
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts by status and type, retries, and the dead letter size, in one query."""
+        rows = await self.pool.fetch(
+            """
+            SELECT job_type, status, count(*) AS n,
+                   coalesce(sum(greatest(attempts - 1, 0)), 0) AS retries
+            FROM jobs GROUP BY job_type, status"""
+        )
+        by_status: dict[str, int] = {s.value: 0 for s in Status}
+        by_type: dict[str, dict[str, int]] = {}
+        retries = 0
+        for row in rows:
+            by_status[row["status"]] += row["n"]
+            by_type.setdefault(row["job_type"], {})[row["status"]] = row["n"]
+            retries += int(row["retries"])
+        return {"by_status": by_status, "by_type": by_type, "retries": retries}
+
+    # --- transitions outside a running attempt ---------------------------------------------
+
+    async def transition(
+        self,
+        job_id: uuid.UUID,
+        target: Status,
+        *,
+        reason: str | None = None,
+        expected: Sequence[Status] | None = None,
+    ) -> asyncpg.Record | None:
+        """Move one job to ``target`` if its current state allows it; None if refused."""
+        sources = [s.value for s in expected] if expected else sources_of(target)
+        return await self.pool.fetchrow(
+            f"""
+            UPDATE jobs SET status = $2, status_reason = $3, updated_at = now(),
+                   finished_at = CASE WHEN $2 = ANY($5::text[]) THEN now() END
+            WHERE id = $1 AND status = ANY($4::text[])
+            RETURNING {JOB_COLUMNS}""",
+            job_id,
+            target.value,
+            reason,
+            sources,
+            [s.value for s in TERMINAL],
+        )
+
+    async def mark_pending(self, job_ids: Sequence[uuid.UUID], reason: str) -> int:
+        """Redis refused the push: leave the jobs for the scheduler's sweep."""
+        result = await self.pool.execute(
+            "UPDATE jobs SET status = 'PENDING', status_reason = $2, run_at = coalesce("
+            "run_at, now()), updated_at = now() WHERE id = ANY($1::uuid[]) AND status = "
+            "'QUEUED'",
+            list(job_ids),
+            reason,
+        )
+        return int(result.split()[-1])
+
+    async def cancel(self, job_id: uuid.UUID, reason: str) -> tuple[str, asyncpg.Record | None]:
+        """Cancel a waiting job at once, or flag a running one.
+
+        Returns ``("cancelled", row)``, ``("requested", row)`` for a PROCESSING job that its
+        worker must stop, or ``("refused", row)`` for a finished job (row None: unknown id).
+        One statement, so a job cannot slip between the two branches.
+        """
+        row = await self.pool.fetchrow(
+            f"""
+            WITH target AS (SELECT id, status FROM jobs WHERE id = $1 FOR UPDATE),
+            done AS (
+                UPDATE jobs j SET
+                    status = CASE WHEN t.status = 'PROCESSING' THEN j.status
+                                  ELSE 'CANCELLED' END,
+                    cancel_requested = true,
+                    status_reason = $2,
+                    finished_at = CASE WHEN t.status = 'PROCESSING' THEN j.finished_at
+                                       ELSE now() END,
+                    updated_at = now()
+                FROM target t
+                WHERE j.id = t.id AND t.status = ANY($3::text[])
+                RETURNING {", ".join("j." + c.strip() for c in JOB_COLUMNS.split(","))},
+                          t.status AS previous
+            )
+            SELECT 'done' AS outcome, * FROM done
+            UNION ALL
+            SELECT 'refused', {JOB_COLUMNS}, status FROM jobs
+            WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM done)""",
+            job_id,
+            reason,
+            ["PENDING", "QUEUED", "RETRYING", "PROCESSING"],
+        )
+        if row is None:
+            return "refused", None
+        if row["outcome"] == "refused":
+            return "refused", row
+        return ("requested" if row["previous"] == "PROCESSING" else "cancelled"), row
+
+    async def redrive(
+        self, *, job_ids: Sequence[uuid.UUID] | None = None, job_type: str | None = None
+    ) -> list[asyncpg.Record]:
+        """Dead letter queue back to QUEUED with a fresh set of attempts."""
+        return await self.pool.fetch(
+            f"""
+            UPDATE jobs SET status = 'QUEUED', attempts = 0, last_error = NULL,
+                   result = NULL, finished_at = NULL, run_at = NULL, cancel_requested = false,
+                   status_reason = 'redriven from the dead letter queue', updated_at = now()
+            WHERE status = 'FAILED'
+              AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
+              AND ($2::text IS NULL OR job_type = $2)
+            RETURNING {PLACE_COLUMNS}""",
+            list(job_ids) if job_ids is not None else None,
+            job_type,
+        )
+
+    async def purge_dead(self, job_type: str | None = None) -> int:
+        # The history has no foreign key (it would slow every insert): delete it alongside.
+        return int(await self.pool.fetchval(
+            """
+            WITH gone AS (
+                DELETE FROM jobs WHERE status = 'FAILED' AND ($1::text IS NULL OR job_type = $1)
+                RETURNING id),
+            history AS (
+                DELETE FROM job_transitions WHERE job_id IN (SELECT id FROM gone))
+            SELECT count(*) FROM gone""",
+            job_type,
+        ))
+
+    async def dead_letter_size(self) -> int:
+        return int(await self.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'FAILED'"))
+
+    # --- the worker's verbs -------------------------------------------------------------------
+
+    async def claim(self, job_ids: Sequence[uuid.UUID | str], worker: str
+                    ) -> list[asyncpg.Record]:
+        """Start an attempt for each job still waiting: the new attempt number is the
+        fencing token. Ids that come back missing were cancelled or are stale duplicates.
+        """
+        return await self.pool.fetch(
+            f"""
+            UPDATE jobs SET status = 'PROCESSING', attempts = attempts + 1, lease_owner = $2,
+                   started_at = now(), updated_at = now(), run_at = NULL, status_reason = NULL
+            WHERE id = ANY($1::uuid[]) AND status = ANY('{{QUEUED,RETRYING}}')
+            RETURNING {CLAIM_COLUMNS}""",
+            list(job_ids),
+            worker,
+        )
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[asyncpg.Record]:
+        """Write many attempts' outcomes in one statement (group commit).
+
+        A row is written only if its attempt is still the current one and still
+        PROCESSING; a late worker whose lease was recovered writes nothing. A failure of a
+        job whose cancel was requested ends CANCELLED instead of RETRYING.
+        """
+        return await self.pool.fetch(
+            """
+            UPDATE jobs j SET
+                status = CASE WHEN j.cancel_requested AND u.status = 'RETRYING'
+                              THEN 'CANCELLED' ELSE u.status END,
+                result = u.result,
+                last_error = u.error,
+                status_reason = u.reason,
+                run_at = CASE WHEN j.cancel_requested THEN NULL ELSE u.run_at END,
+                finished_at = CASE WHEN u.status = 'RETRYING' AND NOT j.cancel_requested
+                                   THEN NULL ELSE now() END,
+                lease_owner = NULL,
+                updated_at = now()
+            FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[],
+                        $6::timestamptz[], $7::text[]) AS u(id, attempt, status, result, error,
+                                                          run_at, reason)
+            WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'PROCESSING'
+            RETURNING j.id, j.queue, j.job_type, j.priority, j.seq, j.status, j.run_at""",
+            [o.job_id for o in outcomes],
+            [o.attempt for o in outcomes],
+            [o.status.value for o in outcomes],
+            [o.result for o in outcomes],
+            [o.error for o in outcomes],
+            [o.run_at for o in outcomes],
+            [o.reason for o in outcomes],
+        )
+
+    async def release(
+        self, attempts: Sequence[tuple[uuid.UUID, int]], reason: str
+    ) -> list[asyncpg.Record]:
+        """Hand running jobs back without spending an attempt (graceful shutdown)."""
+        return await self.pool.fetch(
+            f"""
+            UPDATE jobs j SET status = 'QUEUED', attempts = j.attempts - 1, lease_owner = NULL,
+                   status_reason = $3, started_at = NULL, updated_at = now()
+            FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
+            WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'PROCESSING'
+            RETURNING {", ".join("j." + c.strip() for c in PLACE_COLUMNS.split(","))}""",
+            [a[0] for a in attempts],
+            [a[1] for a in attempts],
+            reason,
+        )
+
+    # --- the scheduler's verbs ------------------------------------------------------------------
+
+    async def promote_due(self, horizon: datetime, limit: int) -> list[asyncpg.Record]:
+        """PENDING jobs due before ``horizon`` (or waiting for a failed push) -> QUEUED.
+
+        SKIP LOCKED lets two overlapping ticks split the work instead of doubling it.
+        """
+        return await self.pool.fetch(
+            f"""
+            UPDATE jobs SET status = 'QUEUED', status_reason = 'promoted by scheduler',
+                   updated_at = now()
+            WHERE id IN (
+                SELECT id FROM jobs
+                WHERE status = 'PENDING' AND (run_at IS NULL OR run_at <= $1)
+                ORDER BY run_at NULLS FIRST
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED)
+            RETURNING {PLACE_COLUMNS}""",
+            horizon,
+            limit,
+        )
+
+    async def recover(self, job_ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
+        """Decide the fate of jobs whose lease expired (their worker is presumed dead).
+
+        PROCESSING jobs go back to QUEUED, or to FAILED (dead letter) when their attempts
+        are spent, or to CANCELLED when a cancel was pending. Jobs still QUEUED/RETRYING
+        (claimed in Redis, never started) are returned unchanged so Redis can re-place them.
+        """
+        return await self.pool.fetch(
+            f"""
+            WITH recovered AS (
+                UPDATE jobs SET
+                    status = CASE WHEN cancel_requested THEN 'CANCELLED'
+                                  WHEN attempts > max_retries THEN 'FAILED'
+                                  ELSE 'QUEUED' END,
+                    last_error = CASE WHEN cancel_requested THEN last_error
+                                 ELSE 'lease expired: worker ' || coalesce(lease_owner, '?')
+                                      || ' stopped heartbeating' END,
+                    status_reason = 'lease expired',
+                    finished_at = CASE WHEN cancel_requested OR attempts > max_retries
+                                       THEN now() END,
+                    lease_owner = NULL,
+                    updated_at = now()
+                WHERE id = ANY($1::uuid[]) AND status = 'PROCESSING'
+                RETURNING {PLACE_COLUMNS}
+            )
+            SELECT * FROM recovered
+            UNION ALL
+            SELECT {PLACE_COLUMNS} FROM jobs
+            WHERE id = ANY($1::uuid[]) AND status = ANY('{{QUEUED,RETRYING}}')""",
+            list(job_ids),
+        )
+
+    async def active_page(self, after_seq: int, limit: int) -> list[asyncpg.Record]:
+        """Jobs that Redis should know about, in seq order, for the reconcile pass."""
+        return await self.pool.fetch(
+            f"""
+            SELECT {PLACE_COLUMNS} FROM jobs
+            WHERE status = ANY('{{QUEUED,RETRYING,PROCESSING}}') AND seq > $1
+            ORDER BY seq LIMIT $2""",
+            after_seq,
+            limit,
+        )
+
+    async def scheduled_waiting(self) -> int:
+        return int(await self.pool.fetchval("SELECT count(*) FROM jobs WHERE status='PENDING'"))
