@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     batch_max_jobs: int = Field(1000, description="Most jobs in one POST /jobs/batch.")
 
     # --- scheduler function ---------------------------------------------------------------
+    scheduler_tick_seconds: float = Field(
+        60.0, gt=0, description="How often the scheduler function runs (EventBridge: 60). "
+        "Its lock lives twice this, so a tick whose process died blocks the next one at most "
+        "that long; a tick that fails releases it at once.")
     reconcile_page_size: int = Field(
         1000, description="Jobs the scheduler's reconcile pass checks per round trip.")
 

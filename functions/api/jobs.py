@@ -83,14 +83,10 @@ async def create_batch(batch: JobBatchCreate, service: Service, response: Respon
 
 @router.get("/stats", response_model=Stats, summary="Counts, queue depth, success rate")
 async def stats(service: Service) -> Stats:
-    store = await service.stores.store()
-    data = await store.stats()
-    queues = {}
-    names = {service.settings.queue, *(jt.queue for jt in service.registry.all())}
-    for name in sorted(names):
-        depth = await service.stores.queue(name).depth()
-        queues[name] = QueueStats(ready_by_priority=depth["ready_by_priority"],
-                                  delayed=depth["delayed"], processing=depth["leased"])
+    data = await service.stats()
+    queues = {name: QueueStats(ready_by_priority=depth["ready_by_priority"],
+                               delayed=depth["delayed"], processing=depth["leased"])
+              for name, depth in data["queues"].items()}
     done = data["by_status"][Status.COMPLETED] + data["by_status"][Status.FAILED]
     return Stats(
         by_status=data["by_status"], by_type=data["by_type"], queues=queues,
@@ -108,9 +104,8 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> JobPage:
-    store = await service.stores.store()
-    rows = await store.list_jobs(status=status, job_type=job_type,
-                                 before_seq=decode_cursor(cursor), limit=limit + 1)
+    rows = await service.list_jobs(status=status, job_type=job_type,
+                                   before_seq=decode_cursor(cursor), limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return JobPage(items=[JobOut.of(r) for r in rows],
@@ -121,7 +116,7 @@ async def list_jobs(
             summary="Get a job")
 async def get_job(job_id: uuid.UUID, service: Service) -> JobDetail:
     row = await service.get(job_id)
-    history = await (await service.stores.store()).history(job_id)
+    history = await service.history(job_id)
     return JobDetail(**JobOut.of(row).model_dump(),
                      history=[Transition.model_validate(dict(h)) for h in history])
 
