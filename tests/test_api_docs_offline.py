@@ -18,7 +18,7 @@ import pytest
 from playwright.async_api import expect
 
 from shared.settings import Settings
-from tests.support.browser import Offline, api_server, chromium, screenshot
+from tests.support.browser import Offline, api_server, behind_stage, chromium, screenshot
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,9 +29,14 @@ REDOCLY_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 @pytest.fixture
-async def live_api(settings: Settings, tmp_path: Path) -> AsyncIterator[str]:
+async def server(settings: Settings, tmp_path: Path) -> AsyncIterator[str]:
     async with api_server(settings, tmp_path / "uvicorn.log") as base:
-        yield base + settings.api_prefix
+        yield base
+
+
+@pytest.fixture
+def live_api(server: str, settings: Settings) -> str:
+    return server + settings.api_prefix
 
 
 @pytest.fixture
@@ -87,3 +92,20 @@ async def test_redoc_lists_every_operation_without_internet(
     await expect(page.locator("img[alt='redocly logo']")).to_have_count(0)
     assert offline.errors == []
     await screenshot(page, "api-docs-redoc")
+
+
+async def test_both_pages_work_under_a_gateway_stage(
+        server: str, settings: Settings, offline: Offline, operations: dict[str, str]) -> None:
+    """Behind a named API Gateway stage the browser sees /dev/api/v1/docs while the app
+    sees /api/v1/docs: every URL the pages use must stay inside /dev."""
+    page = await offline.context.new_page()
+    outside = await behind_stage(page, server, "/dev")
+    await page.goto(f"{server}/dev{settings.api_prefix}/docs")
+    await offline.shows(page.locator(".opblock-summary-description", has_text="Create a job"))
+    assert await page.locator(".opblock").count() == len(operations)
+    await page.goto(f"{server}/dev{settings.api_prefix}/redoc")
+    await offline.shows(page.get_by_role("heading", name="Create a job"))
+    assert await page.locator("h2:has(a[href*='/operation/'])").count() == len(operations)
+    assert outside == []
+    assert set(offline.blocked) <= {REDOCLY_LOGO}
+    assert offline.errors == []

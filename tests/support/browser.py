@@ -131,6 +131,26 @@ class Offline:
         await self.context.close()
 
 
+async def behind_stage(page: Page, base: str, stage: str) -> list[str]:
+    """Make ``base + stage + path`` reach the app as ``base + path``, as API Gateway does
+    with a named stage (or a custom domain with a base path) before the app sees the
+    request. Requests to ``base`` outside the stage, which a real gateway would not route
+    to the app, are refused and listed in the returned list (filled as the page loads)."""
+    outside: list[str] = []
+
+    async def strip(route: Route) -> None:
+        url = route.request.url
+        if url.startswith(base + stage + "/"):
+            response = await route.fetch(url=base + url[len(base + stage):])
+            await route.fulfill(response=response)
+        else:
+            outside.append(url)
+            await route.abort("addressunreachable")
+
+    await page.route(f"{base}/**", strip)
+    return outside
+
+
 async def screenshot(page: Page, name: str) -> Path | None:
     """Write ``docs/console/<name>.png`` when ``AJS_WRITE_SCREENSHOTS`` asks for it."""
     if os.environ.get("AJS_WRITE_SCREENSHOTS", "") in ("", "0"):
