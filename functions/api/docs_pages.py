@@ -33,7 +33,7 @@ SWAGGER_JS = "swagger-ui-bundle.js"
 SWAGGER_CSS = "swagger-ui.css"
 REDOC_JS = "redoc.standalone.js"
 FAVICON = "favicon.png"
-# Only the files the pages use, each by a fixed name: a route per file set rather than a
+# Only the files the pages use, each by a fixed name: one route over this set rather than a
 # static mount, so that no path a client makes up reaches the file system or becomes a
 # metrics label (the route label is ``{prefix}/docs-assets/{name}``).
 ASSETS = {name: str(_STATIC.joinpath(name))
