@@ -92,6 +92,22 @@ class Settings(BaseSettings):
     batch_max_jobs: int = Field(1000, description="Most jobs in one POST /jobs/batch.")
 
     # --- scheduler function ---------------------------------------------------------------
+    retention_completed_seconds: float = Field(
+        7 * 86400, ge=0, description="Finished jobs (and their history) are deleted this long "
+        "after they finished: COMPLETED. 0 keeps them for ever. Per job type: retention=.")
+    retention_cancelled_seconds: float = Field(
+        7 * 86400, ge=0, description="The same for CANCELLED jobs.")
+    retention_failed_seconds: float = Field(
+        30 * 86400, ge=0, description="The same for FAILED jobs (the dead letter queue).")
+    idempotency_window_seconds: float = Field(
+        86400, ge=0, description="A job created with an Idempotency-Key outlives its "
+        "retention until this long after its creation, so a retry still finds it.")
+    retention_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Jobs one retention statement deletes (one "
+        "short transaction each).")
+    retention_max_per_tick: int = Field(
+        100_000, ge=0, description="Most jobs one scheduler tick deletes; a backlog takes "
+        "several ticks.")
     scheduler_tick_seconds: float = Field(
         60.0, gt=0, description="How often the scheduler function runs (EventBridge: 60). "
         "Its lock lives twice this, so a tick whose process died blocks the next one at most "

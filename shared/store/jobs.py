@@ -197,12 +197,19 @@ class JobStore:
         )
 
     async def stats(self) -> dict[str, Any]:
-        """Counts by status and type, retries, and the dead letter size, in one query."""
+        """Counts by status and type, and retries: exact, and read without a scan.
+
+        The totals as of the last fold plus the changes since (``job_count_deltas``, which
+        triggers write in the same transaction as each change): a few hundred rows whatever
+        the size of the jobs table. See migration 0004.
+        """
         rows = await self.pool.fetch(
             """
-            SELECT job_type, status, count(*) AS n,
-                   coalesce(sum(greatest(attempts - 1, 0)), 0) AS retries
-            FROM jobs GROUP BY job_type, status"""
+            SELECT job_type, status, sum(n)::bigint AS n, sum(retries)::bigint AS retries
+            FROM (SELECT job_type, status, n, retries FROM job_counts
+                  UNION ALL
+                  SELECT job_type, status, n, retries FROM job_count_deltas) c
+            GROUP BY job_type, status HAVING sum(n) <> 0"""
         )
         by_status: dict[str, int] = {s.value: 0 for s in Status}
         by_type: dict[str, dict[str, int]] = {}
@@ -318,7 +325,46 @@ class JobStore:
         ))
 
     async def dead_letter_size(self) -> int:
-        return int(await self.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'FAILED'"))
+        return int((await self.stats())["by_status"][Status.FAILED])
+
+    # --- upkeep of the table ----------------------------------------------------------------------
+
+    async def fold_counts(self) -> int:
+        """Add the count deltas into the totals (the scheduler tick). Safe to run twice at
+        once: a delta is deleted by exactly one fold, which adds it in the same statement."""
+        return int(await self.pool.fetchval(
+            """
+            WITH moved AS (DELETE FROM job_count_deltas RETURNING job_type, status, n, retries),
+            sums AS (SELECT job_type, status, sum(n) AS n, sum(retries) AS retries, count(*) AS k
+                     FROM moved GROUP BY job_type, status),
+            folded AS (
+                INSERT INTO job_counts AS c (job_type, status, n, retries)
+                SELECT job_type, status, n, retries FROM sums
+                ON CONFLICT (job_type, status)
+                DO UPDATE SET n = c.n + EXCLUDED.n, retries = c.retries + EXCLUDED.retries)
+            SELECT coalesce(sum(k), 0) FROM sums"""))
+
+    async def delete_finished(self, status: Status, finished_before: datetime, *,
+                              job_type: str | None = None, except_types: Sequence[str] = (),
+                              keyed_after: datetime, limit: int) -> int:
+        """Delete up to ``limit`` jobs of ``status`` finished before ``finished_before``,
+        with their history, oldest first (retention). A job holding an idempotency key
+        created after ``keyed_after`` is kept: a retried create inside the key's window must
+        still find its job. SKIP LOCKED and a bounded batch: never a long lock."""
+        return int(await self.pool.fetchval(
+            """
+            WITH doomed AS (
+                SELECT id FROM jobs
+                WHERE status = $1 AND finished_at < $2
+                  AND ($3::text IS NULL OR job_type = $3)
+                  AND NOT (job_type = ANY($4::text[]))
+                  AND (idempotency_key IS NULL OR created_at < $5)
+                ORDER BY finished_at LIMIT $6
+                FOR UPDATE SKIP LOCKED),
+            gone AS (DELETE FROM jobs j USING doomed d WHERE j.id = d.id RETURNING j.id),
+            history AS (DELETE FROM job_transitions t USING gone g WHERE t.job_id = g.id)
+            SELECT count(*) FROM gone""",
+            status.value, finished_before, job_type, list(except_types), keyed_after, limit))
 
     # --- the worker's verbs -------------------------------------------------------------------
 
@@ -419,4 +465,4 @@ class JobStore:
         )
 
     async def scheduled_waiting(self) -> int:
-        return int(await self.pool.fetchval("SELECT count(*) FROM jobs WHERE status='PENDING'"))
+        return int((await self.stats())["by_status"][Status.PENDING])
