@@ -25,7 +25,7 @@ async def test_upgrade_head_then_downgrade_base_then_upgrade_again():
     try:
         await asyncio.to_thread(migrate.upgrade, DATABASE_URL, schema)
         assert await _tables(schema) == {"alembic_version", "jobs", "job_transitions",
-                                         "job_status_transitions"}
+                                         "job_status_transitions", "api_keys"}
         await asyncio.to_thread(migrate.downgrade, DATABASE_URL, schema, "base")
         assert await _tables(schema) == {"alembic_version"}
         await asyncio.to_thread(migrate.upgrade, DATABASE_URL, schema)
