@@ -48,9 +48,10 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     app.state.stores = stores
     app.state.service = JobService(stores, registry)
     errors.install(app)
-    for router in (jobs.router, dead_letters.router, health.router, job_types.router):
+    routers = (jobs.router, dead_letters.router, health.router, job_types.router)
+    for router in routers:
         app.include_router(router, prefix=prefix)
-    auth.install(app, settings, stores)  # after the routes: it checks each declares a scope
+    auth.install(app, settings, stores, routers)  # refuses a route that declares no scope
     app.add_middleware(BodyLimit, limit=settings.max_payload_bytes,
                        batch_limit=5 * 1024 * 1024)
     app.add_middleware(RequestMetrics, stores=stores)  # outermost: counts 413s too

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.routing import APIRoute
 
 from shared.connections import Stores
@@ -218,11 +219,31 @@ def declared(route: APIRoute) -> Requirement | None:
     return None
 
 
-def install(app: FastAPI, settings: Settings, stores: Stores) -> None:
-    """Attach the authenticator; refuse routes that declare no scope. Call it after the
-    routers are included."""
-    undeclared = [f"{sorted(r.methods or ())} {r.path}" for r in app.routes
-                  if isinstance(r, APIRoute) and declared(r) is None]
+@dataclass(frozen=True, slots=True)
+class DeclaredRoute:
+    method: str
+    path: str  # with the API prefix: /api/v1/jobs/{job_id}
+    requirement: Requirement | None
+
+
+def routes_of(app: FastAPI, routers: Sequence[APIRouter]) -> list[DeclaredRoute]:
+    """Every API route with what it declares: those of the routers (read from the routers
+    themselves: recent FastAPI releases no longer list included routes in ``app.routes``)
+    and any added to the app directly."""
+    prefix = app.state.settings.api_prefix
+    found = [(prefix + r.path, r) for router in routers for r in router.routes
+             if isinstance(r, APIRoute)]
+    found += [(r.path, r) for r in app.routes if isinstance(r, APIRoute)]
+    out = {(m, path): DeclaredRoute(m, path, declared(r))
+           for path, r in found for m in sorted(r.methods or ())}
+    return list(out.values())
+
+
+def install(app: FastAPI, settings: Settings, stores: Stores,
+            routers: Sequence[APIRouter]) -> None:
+    """Attach the authenticator; refuse a route that declares no scope."""
+    app.state.routes = routes_of(app, routers)
+    undeclared = [f"{r.method} {r.path}" for r in app.state.routes if r.requirement is None]
     if undeclared:
         raise RuntimeError("routes without a declared Scope() or Public(): "
                            + ", ".join(undeclared))

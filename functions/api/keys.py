@@ -95,11 +95,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                   f"{len(live)} live keys have the prefix {args.key!r}: give the id",
                   file=sys.stderr)
             return 1
-        row = await keys.revoke(live[0]["id"])
-        if row is None:  # revoked by someone else in between
+        revoked = await keys.revoke(live[0]["id"])
+        if revoked is None:  # revoked by someone else in between
             print(f"key {live[0]['id']} was already revoked", file=sys.stderr)
             return 1
-        print(f"revoked key {row['id']} ({row['prefix']}…) named {row['name']!r}; API "
+        print(f"revoked key {revoked['id']} ({revoked['prefix']}…) named "
+              f"{revoked['name']!r}; API "
               f"processes stop accepting it within {settings.auth_cache_seconds:g} s",
               file=sys.stderr)
         return 0
