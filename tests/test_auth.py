@@ -101,6 +101,21 @@ async def test_health_and_the_docs_are_open(api_as: Client) -> None:
         assert (await anonymous.get(f"{API}/{page}")).status_code == 200
 
 
+async def test_openapi_documents_the_scheme_scopes_and_401_403(api_as: Client) -> None:
+    schema = (await (await api_as()).get(f"{API}/openapi.json")).json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for method, path, requirement in ROUTES:
+        op = schema["paths"].get(path, {}).get(method.lower())
+        if op is None:  # not in the schema (the /jobs/ alias)
+            continue
+        if requirement.scope is None:
+            assert "security" not in op and "401" not in op["responses"]
+        else:
+            assert op["security"] == [{"bearer": []}]
+            assert {"401", "403"} <= set(op["responses"])
+            assert f"`{requirement.scope}`" in op["description"]
+
+
 @pytest.mark.parametrize("header", [
     "Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "bearer-ajs_x", "Bearer not-a-key",
     "Bearer ajs_" + "A" * 43, ("Bearer ajs_" + "é" * 43).encode("latin-1"),

@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.connections import Stores
 from shared.errors import Forbidden, InvalidCredential, Unauthorized
@@ -174,6 +175,13 @@ def _role_arn(arn: str) -> str:
 
 # --- what routes declare -----------------------------------------------------------------
 
+# Only documents the scheme (Swagger UI's Authorize button); Requirement reads the header
+# itself, since behind API Gateway the caller comes from the event instead.
+_BEARER = HTTPBearer(scheme_name="bearer", bearerFormat="API key (ajs_...)", auto_error=False,
+                     description="An API key (python -m functions.api.keys create), or behind "
+                     "API Gateway's JWT authorizer the token.")
+
+
 class Requirement:
     """The dependency ``Scope()`` puts on a route; ``scope`` None: public."""
 
@@ -191,10 +199,17 @@ class Requirement:
         request.state.principal = principal
 
 
+class _Documented(Requirement):
+    async def __call__(self, request: Request,  # type: ignore[override]
+                       _: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+                       ) -> None:
+        await super().__call__(request)
+
+
 def Scope(scope: str) -> Any:  # a capital: it reads as a declaration in the decorator
     if scope not in (READ, WRITE, ADMIN):
         raise ValueError(f"unknown scope {scope!r}")
-    return Depends(Requirement(scope))
+    return Depends(_Documented(scope))
 
 
 def Public() -> Any:
@@ -248,5 +263,31 @@ def install(app: FastAPI, settings: Settings, stores: Stores,
         raise RuntimeError("routes without a declared Scope() or Public(): "
                            + ", ".join(undeclared))
     app.state.authenticator = Authenticator(settings, stores)
+    _document(app)
     if settings.auth_disabled:
         log.warning("AJS_AUTH_DISABLED=true: every request is treated as an unbound admin")
+
+
+def _document(app: FastAPI) -> None:
+    """Each scoped operation names its scope and documents its 401 and 403."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        error = {"content": {"application/json": {"schema": {
+            "$ref": "#/components/schemas/ErrorResponse"}}}}
+        for route in app.state.routes:
+            op = schema.get("paths", {}).get(route.path, {}).get(route.method.lower())
+            if op is None or route.requirement is None or route.requirement.scope is None:
+                continue
+            scope = route.requirement.scope
+            op["description"] = (op.get("description", "") + f"\n\nNeeds the scope `{scope}` "
+                                 "(or one that implies it).").strip()
+            op["responses"]["401"] = {**error, "description": "No credential, or not one "
+                                      "accepted (missing, malformed, unknown, revoked)"}
+            op["responses"]["403"] = {**error, "description": f"The credential lacks {scope}"}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
