@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from functions.api import auth, dead_letters, errors, health, job_types, jobs
+from functions.api import auth, dead_letters, docs_pages, errors, health, job_types, jobs
 from functions.api.body_limit import BodyLimit
 from functions.api.metrics import RequestMetrics
 from shared.connections import Stores
@@ -39,8 +39,8 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
         title="async-job-scheduler",
         version="0.1.0",
         description=DESCRIPTION,
-        docs_url=f"{prefix}/docs",
-        redoc_url=f"{prefix}/redoc",
+        docs_url=None,  # served by docs_pages, without a CDN
+        redoc_url=None,
         openapi_url=f"{prefix}/openapi.json",
         lifespan=lifespan,
     )
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     app.state.stores = stores
     app.state.service = JobService(stores, registry)
     errors.install(app)
+    docs_pages.install(app, prefix)
     routers = (jobs.router, dead_letters.router, health.router, job_types.router)
     for router in routers:
         app.include_router(router, prefix=prefix)

@@ -25,10 +25,9 @@ async def list_dead(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> JobPage:
-    store = await service.stores.store()
-    rows = await store.list_jobs(status=Status.FAILED, job_type=job_type,
-                                 before_seq=decode_cursor(cursor), limit=limit + 1,
-                                 namespace=caller.namespace)
+    rows = await service.list_jobs(status=Status.FAILED, job_type=job_type,
+                                   before_seq=decode_cursor(cursor), limit=limit + 1,
+                                   namespace=caller.namespace)
     more = len(rows) > limit
     rows = rows[:limit]
     return JobPage(items=[JobOut.of(r) for r in rows],

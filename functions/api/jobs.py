@@ -86,16 +86,10 @@ async def create_batch(batch: JobBatchCreate, service: Service, response: Respon
 @router.get("/stats", response_model=Stats, summary="Counts, queue depth, success rate",
             dependencies=[Scope(READ)])
 async def stats(service: Service, caller: Caller) -> Stats:
-    store = await service.stores.store()
-    data = await store.stats(caller.namespace)
-    queues = {}
-    # The queues are shared by every tenant: their depths only for unbound callers.
-    names = ({service.settings.queue, *(jt.queue for jt in service.registry.all())}
-             if caller.namespace is None else set())
-    for name in sorted(names):
-        depth = await service.stores.queue(name).depth()
-        queues[name] = QueueStats(ready_by_priority=depth["ready_by_priority"],
-                                  delayed=depth["delayed"], processing=depth["leased"])
+    data = await service.stats(caller.namespace)
+    queues = {name: QueueStats(ready_by_priority=depth["ready_by_priority"],
+                               delayed=depth["delayed"], processing=depth["leased"])
+              for name, depth in data["queues"].items()}
     done = data["by_status"][Status.COMPLETED] + data["by_status"][Status.FAILED]
     return Stats(
         by_status=data["by_status"], by_type=data["by_type"], queues=queues,
@@ -115,10 +109,9 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> JobPage:
-    store = await service.stores.store()
-    rows = await store.list_jobs(status=status, job_type=job_type,
-                                 before_seq=decode_cursor(cursor), limit=limit + 1,
-                                 namespace=caller.namespace)
+    rows = await service.list_jobs(status=status, job_type=job_type,
+                                   before_seq=decode_cursor(cursor), limit=limit + 1,
+                                   namespace=caller.namespace)
     more = len(rows) > limit
     rows = rows[:limit]
     return JobPage(items=[JobOut.of(r) for r in rows],
@@ -129,7 +122,7 @@ async def list_jobs(
             summary="Get a job", dependencies=[Scope(READ)])
 async def get_job(job_id: uuid.UUID, service: Service, caller: Caller) -> JobDetail:
     row = await service.get(job_id, caller.namespace)
-    history = await (await service.stores.store()).history(job_id)
+    history = await service.history(job_id)
     return JobDetail(**JobOut.of(row).model_dump(),
                      history=[Transition.model_validate(dict(h)) for h in history])
 
