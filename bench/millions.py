@@ -82,9 +82,10 @@ async def fill(db: Any, rows: int, say: Any) -> None:
     await db.execute("DELETE FROM job_count_deltas")
     await db.execute("DELETE FROM job_counts")
     await db.execute("""
-        INSERT INTO job_counts (job_type, status, n, retries)
-        SELECT job_type, status, count(*), sum(greatest(attempts - 1, 0))
-        FROM jobs GROUP BY job_type, status""")
+        INSERT INTO job_counts (namespace, job_type, status, n, retries)
+        SELECT coalesce(namespace, ''), job_type, status, count(*),
+               sum(greatest(attempts - 1, 0))
+        FROM jobs GROUP BY 1, job_type, status""")
     for table in ("jobs", "job_transitions"):
         await db.execute(f"VACUUM ANALYZE {table}")
     await db.execute("CHECKPOINT")

@@ -13,8 +13,17 @@ import socket
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.scopes import NAMESPACE_PATTERN, ScopeName
+
+
+class IamGrant(BaseModel):
+    """What an IAM principal may do behind API Gateway's IAM authorizer."""
+
+    scopes: list[ScopeName] = Field(min_length=1)
+    namespace: str | None = Field(None, pattern=NAMESPACE_PATTERN)
 
 
 class Settings(BaseSettings):
@@ -90,6 +99,27 @@ class Settings(BaseSettings):
     # --- API ----------------------------------------------------------------------------
     api_prefix: str = Field("/api/v1", description="Path prefix of every API route.")
     batch_max_jobs: int = Field(1000, description="Most jobs in one POST /jobs/batch.")
+
+    # --- access control -------------------------------------------------------------------
+    auth_disabled: bool = Field(
+        False, description="Every request is an unbound admin: no credential is checked. "
+        "Only for a private machine; never the default.")
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, le=300, description="How long a process trusts an API key lookup; a "
+        "revoked key stops working within this time.")
+    auth_jwt_scope_prefix: str = Field(
+        "", max_length=200, description="Behind the JWT authorizer: the prefix of our scopes "
+        "in the token (a Cognito resource server's 'https://jobs.example.com/'); others "
+        "are ignored.")
+    auth_jwt_namespace_claim: str = Field(
+        "ajs_namespace", min_length=1, max_length=100,
+        description="Behind the JWT authorizer: the claim holding the caller's namespace "
+        "(absent: unbound).")
+    auth_iam_principals: dict[str, IamGrant] = Field(
+        default_factory=dict,
+        description="Behind the IAM authorizer: JSON mapping an IAM user or role ARN "
+        "(arn:aws:iam::ACCOUNT:role/NAME) to {\"scopes\": [...], \"namespace\": ...}; "
+        "other principals get 403.")
 
     # --- scheduler function ---------------------------------------------------------------
     retention_completed_seconds: float = Field(

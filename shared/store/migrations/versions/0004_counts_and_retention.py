@@ -1,6 +1,7 @@
 """Counts that need no scan, and the indexes retention and filtered lists read.
 
-- ``job_counts`` holds how many jobs are in each (job_type, status), with their retries,
+- ``job_counts`` holds how many jobs are in each (namespace, job_type, status), with their
+  retries (namespace '' for jobs without one),
   as of the last fold; ``job_count_deltas`` holds the changes since, one row per (type,
   status) per statement, written by statement-level triggers in the same transaction as
   the change itself (so the counts are exact, never approximate). The scheduler tick folds
@@ -12,14 +13,14 @@
   covers CANCELLED (a rare state: a filtered list must not scan every completed job).
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-29
 """
 
 from alembic import op
 
 revision = "0004"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -44,16 +45,17 @@ BEGIN
            coalesce(n.lease_owner, o.lease_owner), n.updated_at
     FROM old_rows o JOIN new_rows n ON n.id = o.id
     WHERE o.status <> n.status;
-    INSERT INTO job_count_deltas (job_type, status, n, retries)
-    SELECT job_type, status, sum(n), sum(retries) FROM (
-        SELECT o.job_type, o.status, -1 AS n, -greatest(o.attempts - 1, 0) AS retries
+    INSERT INTO job_count_deltas (namespace, job_type, status, n, retries)
+    SELECT ns, job_type, status, sum(n), sum(retries) FROM (
+        SELECT coalesce(o.namespace, '') AS ns, o.job_type, o.status, -1 AS n,
+               -greatest(o.attempts - 1, 0) AS retries
         FROM old_rows o JOIN new_rows n ON n.id = o.id
         WHERE o.status <> n.status OR o.attempts <> n.attempts
         UNION ALL
-        SELECT n.job_type, n.status, 1, greatest(n.attempts - 1, 0)
+        SELECT coalesce(n.namespace, ''), n.job_type, n.status, 1, greatest(n.attempts - 1, 0)
         FROM old_rows o JOIN new_rows n ON n.id = o.id
         WHERE o.status <> n.status OR o.attempts <> n.attempts) d
-    GROUP BY job_type, status
+    GROUP BY ns, job_type, status
     HAVING sum(n) <> 0 OR sum(retries) <> 0;
     RETURN NULL;
 END $$"""
@@ -61,18 +63,19 @@ END $$"""
 COUNT_INSERT = """
 CREATE FUNCTION jobs_count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO job_count_deltas (job_type, status, n, retries)
-    SELECT job_type, status, count(*), sum(greatest(attempts - 1, 0))
-    FROM new_rows GROUP BY job_type, status;
+    INSERT INTO job_count_deltas (namespace, job_type, status, n, retries)
+    SELECT coalesce(namespace, ''), job_type, status, count(*), sum(greatest(attempts - 1, 0))
+    FROM new_rows GROUP BY 1, job_type, status;
     RETURN NULL;
 END $$"""
 
 COUNT_DELETE = """
 CREATE FUNCTION jobs_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO job_count_deltas (job_type, status, n, retries)
-    SELECT job_type, status, -count(*), -sum(greatest(attempts - 1, 0))
-    FROM old_rows GROUP BY job_type, status;
+    INSERT INTO job_count_deltas (namespace, job_type, status, n, retries)
+    SELECT coalesce(namespace, ''), job_type, status, -count(*),
+           -sum(greatest(attempts - 1, 0))
+    FROM old_rows GROUP BY 1, job_type, status;
     RETURN NULL;
 END $$"""
 
@@ -80,16 +83,18 @@ END $$"""
 def upgrade() -> None:
     op.execute("""
         CREATE TABLE job_counts (
-            job_type text NOT NULL,
-            status   text NOT NULL,
-            n        bigint NOT NULL,
-            retries  bigint NOT NULL,
-            PRIMARY KEY (job_type, status)
+            namespace text NOT NULL,
+            job_type  text NOT NULL,
+            status    text NOT NULL,
+            n         bigint NOT NULL,
+            retries   bigint NOT NULL,
+            PRIMARY KEY (namespace, job_type, status)
         )""")
     op.execute("""
         CREATE TABLE job_count_deltas (
-            id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            job_type text NOT NULL,
+            id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            namespace text NOT NULL,
+            job_type  text NOT NULL,
             status   text NOT NULL,
             n        bigint NOT NULL,
             retries  bigint NOT NULL
@@ -108,9 +113,10 @@ def upgrade() -> None:
     # The triggers exist (and hold their lock on jobs) before the rows are counted: no
     # change can fall between the two.
     op.execute("""
-        INSERT INTO job_counts (job_type, status, n, retries)
-        SELECT job_type, status, count(*), sum(greatest(attempts - 1, 0))
-        FROM jobs GROUP BY job_type, status""")
+        INSERT INTO job_counts (namespace, job_type, status, n, retries)
+        SELECT coalesce(namespace, ''), job_type, status, count(*),
+               sum(greatest(attempts - 1, 0))
+        FROM jobs GROUP BY 1, job_type, status""")
     op.execute("""
         CREATE INDEX jobs_finished ON jobs (status, finished_at)
         WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')""")
