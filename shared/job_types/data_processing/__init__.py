@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.job_types.s3uri import S3Uri
+from shared.job_types.s3uri import Destination, S3Uri
 from shared.registry import JobContext, job_type
 
 Comparison = Literal["eq", "ne", "gt", "ge", "lt", "le", "in", "not_in", "contains", "exists",
@@ -104,7 +104,7 @@ class DataProcessingPayload(BaseModel):
     output_format: Literal["csv", "jsonl"] | None = Field(
         None, description="Format of the output when it differs from the source's.")
     operations: list[Operation] = Field(default_factory=list, max_length=50)
-    destination: S3Uri
+    destination: Destination
 
     @field_validator("source")
     @classmethod
