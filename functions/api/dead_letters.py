@@ -26,7 +26,7 @@ async def list_dead(
                                    before_seq=decode_cursor(cursor), limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    return JobPage(items=[JobOut.of(r) for r in rows],
+    return JobPage(items=[JobOut.of(service.registry.redacted(r)) for r in rows],
                    next_cursor=encode_cursor(rows[-1]["seq"]) if more else None)
 
 
@@ -46,7 +46,7 @@ async def redrive_one(job_id: uuid.UUID, service: Service) -> JobOut:
     if not rows:
         row = await service.get(job_id)  # 404 if unknown
         raise Conflict(f"job {job_id} is {row['status']}, not in the dead letter queue")
-    return JobOut.of(await service.get(job_id))
+    return JobOut.of(service.registry.redacted(await service.get(job_id)))
 
 
 @router.delete("", response_model=CountResult, summary="Purge dead jobs (optionally of a type)")
