@@ -45,6 +45,7 @@ async def run(payload: ImagePayload, ctx: JobContext) -> dict[str, Any]:
     source, size = await asyncio.to_thread(_fetch, payload, ctx)
     budget = budgets.of(ctx.resources, s.image_memory_budget_bytes)
     held = 0
+    started = False  # once the thread runs, it owns (and closes) the source
     try:
         need = estimate(size, payload.operations)
         if need > budget.total:
@@ -55,6 +56,7 @@ async def run(payload: ImagePayload, ctx: JobContext) -> dict[str, Any]:
         held = await budget.acquire(need)
         work = asyncio.ensure_future(asyncio.to_thread(_transform, source, payload, ctx,
                                                        need >= TRIM_ABOVE))
+        started = True
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -63,7 +65,7 @@ async def run(payload: ImagePayload, ctx: JobContext) -> dict[str, Any]:
             raise
     finally:
         budget.release(held)
-        if held:  # the thread is done with the source (or never started)
+        if not started:
             source.close()
 
 
