@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pydantic
 import pytest
 from cryptography.fernet import Fernet
 
@@ -177,3 +178,13 @@ def test_payloads_stored_in_plain_text_before_sealing_are_redacted_too() -> None
     assert sealing.redact(legacy) == {
         "url": "https://***@example.com/h", "secret_headers": ["X-Sig"],
         "headers": {"authorization": "***", "X-Sig": "***", "X-Tenant": "acme"}}
+
+
+def test_a_validation_error_never_quotes_the_payload() -> None:
+    """The worker stores a payload's validation error as last_error, which answers show."""
+    from shared.job_types.webhook import WebhookPayload
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        WebhookPayload.model_validate({"url": "not a url", "timeout": -1,
+                                       "headers": {"Authorization": BEARER, "X\n": "y"}})
+    assert "tok-7f3a9c1e5b" not in str(caught.value)

@@ -97,7 +97,8 @@ Source = Annotated[
 
 
 class DataProcessingPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Inline records are data: a validation error (stored as last_error) must not quote them.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     source: Source = Field(description="s3://bucket/key, or a list of records (objects).")
     format: Literal["csv", "jsonl"] = Field(description="Format of the source and output.")
