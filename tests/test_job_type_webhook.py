@@ -154,6 +154,7 @@ BAD = [
     ({"url": "https://example.com", "headers": {"webhook-signature": "v1,forged"}},
      ["headers"]),
     ({"url": "https://example.com", "headers": {"Bad Name": "x"}}, ["headers"]),
+    ({"url": "https://example.com", "headers": {"X-Trailing\n": "x"}}, ["headers"]),
     ({"url": "https://example.com", "headers": {"X-A": "a\r\nInjected: 1"}}, ["headers"]),
     ({"url": "https://example.com", "timeout": 0}, ["timeout"]),
     ({"url": "https://example.com", "response_bytes": 4097}, ["response_bytes"]),

@@ -185,6 +185,6 @@ def test_a_validation_error_never_quotes_the_payload() -> None:
     from shared.job_types.webhook import WebhookPayload
 
     with pytest.raises(pydantic.ValidationError) as caught:
-        WebhookPayload.model_validate({"url": "not a url", "timeout": -1,
-                                       "headers": {"Authorization": BEARER, "X\n": "y"}})
-    assert "tok-7f3a9c1e5b" not in str(caught.value)
+        WebhookPayload.model_validate({"url": f"http://a:{PASSWORD}@h/", "timeout": -1,
+                                       "headers": {"Cookie": CUSTOM, "Bad Name": ""}})
+    assert PASSWORD not in str(caught.value) and CUSTOM not in str(caught.value)

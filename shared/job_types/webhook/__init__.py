@@ -69,7 +69,7 @@ class WebhookPayload(BaseModel):
     @classmethod
     def _header_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not _TOKEN.match(name):
+            if not _TOKEN.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid header name")
         return value
 
@@ -78,7 +78,7 @@ class WebhookPayload(BaseModel):
     def _plain_headers(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         secret = sealing.secret_names({"secret_headers": info.data.get("secret_headers")})
         for name, text in value.items():
-            if not _TOKEN.match(name):
+            if not _TOKEN.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid header name")
             if name.lower() in RESERVED_HEADERS:
                 raise ValueError(f"header {name!r} is set by the delivery and cannot be given")
