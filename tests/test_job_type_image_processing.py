@@ -285,3 +285,16 @@ async def test_the_budget_serves_waiters_in_order_and_a_cancelled_wait_takes_not
     assert budget.used == 30
     with pytest.raises(ValueError, match="exceed the whole budget"):
         await budget.acquire(101)
+
+    # The head of the line cancelled, and memory freed before its task saw it: the next
+    # waiter gets it, and the cancelled one takes nothing.
+    head = asyncio.create_task(budget.acquire(90))
+    after = asyncio.create_task(budget.acquire(50))
+    await asyncio.sleep(0)
+    head.cancel()
+    await asyncio.sleep(0)  # the cancellation reaches the head's future
+    budget.release(30)
+    with pytest.raises(asyncio.CancelledError):
+        await head
+    assert await after == 50
+    assert budget.used == 50

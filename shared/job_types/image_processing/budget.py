@@ -48,7 +48,8 @@ class MemoryBudget:
             if waiter[1].done() and not waiter[1].cancelled():
                 self.release(amount)  # granted, but the caller will never know: give back
             else:
-                self._waiters.remove(waiter)
+                if waiter in self._waiters:  # _wake may have dropped it already
+                    self._waiters.remove(waiter)
                 self._wake()  # the head may have left: the next ones may fit now
             raise
         return amount
