@@ -120,7 +120,7 @@ class _Lines:
         if not line:
             raise StopIteration
         self.number += 1
-        if len(line.rstrip("\r\n")) > self.limit:
+        if len(line) > self.limit and len(line.rstrip("\r\n")) > self.limit:
             raise PermanentError(f"line {self.number} is longer than {self.limit} characters "
                                  "(AJS_DATA_MAX_LINE_BYTES)")
         return line
