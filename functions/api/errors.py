@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.errors import UserError
 from shared.observability.logs import get_logger
@@ -62,6 +63,18 @@ def _document_one_error_shape(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's own ``Allow`` names only
+    the first route that matched the path, but GET and DELETE of one path are two routes.
+    Asked through ``matches`` only: FastAPI nests included routers in its own route type."""
+    return [method for method in METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                   for route in request.app.router.routes)]
+
+
 def install(app: FastAPI) -> None:
     _document_one_error_shape(app)
 
@@ -77,12 +90,15 @@ def install(app: FastAPI) -> None:
         return error_response(422, "validation_error", f"invalid request: {where}", details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                  413: "payload_too_large"}
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
-                              message, headers=getattr(exc, "headers", None))
+                              message, headers=headers)
 
     async def store_down(request: Request, exc: Exception) -> JSONResponse:
         # A store that cannot be reached is not a bug in the request or in us: 503, so

@@ -11,6 +11,9 @@ from fastapi.responses import JSONResponse
 from functions.api.deps import Service
 from functions.api.errors import error_response
 from shared.api_schemas import ErrorResponse, Health
+from shared.observability.logs import get_logger
+
+log = get_logger("api")
 
 router = APIRouter(tags=["health"])
 
@@ -32,7 +35,11 @@ async def health(service: Service) -> Health | JSONResponse:
             await asyncio.wait_for(probe(), timeout)
             return "ok"
         except Exception as exc:  # any failure: report it, never raise
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            # The answer names the store only: exception text carries addresses, ports
+            # and user names, which are for the operator's log, not for any caller.
+            log.warning("health probe failed", extra={"store": probe.__name__,
+                                                      "error": repr(exc)})
+            return "timed out" if isinstance(exc, TimeoutError) else "unreachable"
 
     # Side by side: two hung stores cost one timeout, not two.
     results = await asyncio.gather(check(postgres), check(redis))

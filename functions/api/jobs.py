@@ -117,7 +117,7 @@ async def list_jobs(
                    next_cursor=encode_cursor(rows[-1]["seq"]) if more else None)
 
 
-@router.get("/{job_id}", response_model=JobDetail, responses=errors(404, 422),
+@router.get("/{job_id:job_id}", response_model=JobDetail, responses=errors(404, 422),
             summary="Get a job")
 async def get_job(job_id: uuid.UUID, service: Service) -> JobDetail:
     row = await service.get(job_id)
@@ -126,7 +126,7 @@ async def get_job(job_id: uuid.UUID, service: Service) -> JobDetail:
                      history=[Transition.model_validate(dict(h)) for h in history])
 
 
-@router.delete("/{job_id}", response_model=JobOut, responses={
+@router.delete("/{job_id:job_id}", response_model=JobOut, responses={
     **errors(404, 409, 422),
     202: {"model": JobOut, "description": "Running: its worker was signalled"}},
     summary="Cancel a job")

@@ -41,6 +41,16 @@ def request_hash(specs: Sequence[JobCreate], batch: bool = False) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def idempotency_keys(key: str, count: int) -> list[str]:
+    """The stored key of each job a create makes: the client's own key for the first.
+
+    /jobs and /jobs/batch share one namespace: the first job of either holds the key
+    itself, so reusing a key on the other endpoint collides in the unique index and ends
+    as a 409 (the request hashes differ), never as a second job.
+    """
+    return [key, *(f"{key}#{i}" for i in range(1, count))]
+
+
 def _payload_invalid(spec: JobCreate, loc: list[str | int], exc: ValidationError
                      ) -> ValidationFailed:
     details: list[dict[str, Any]] = []
@@ -170,8 +180,7 @@ class JobService:
                for i, s in enumerate(specs)]
         digest = request_hash(specs, batch) if idempotency_key else None
         if idempotency_key:
-            keys = ([f"{idempotency_key}#{i}" for i in range(len(new))] if batch
-                    else [idempotency_key])
+            keys = idempotency_keys(idempotency_key, len(new))
             new = [replace(j, idempotency_key=k, request_hash=digest)
                    for j, k in zip(new, keys, strict=True)]
         store = await self.stores.store()

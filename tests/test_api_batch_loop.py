@@ -1,0 +1,64 @@
+"""A maximal batch (5 MiB body, 1,000 jobs) must not hold the event loop: while it is
+parsed, validated and stored, other requests on the same process are still answered."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from tests.support.job_api import PREFIX
+from tests.support.waits import eventually
+
+
+def maximal_batch() -> bytes:
+    # Many small values, not one long string: parsing and validation cost per value.
+    wide = ",".join(f'"k{k}":[{k},{k}.5,"v"]' for k in range(225))
+    jobs = ",".join(f'{{"job_type":"webhook","payload":{{"url":"https://example.com/{i}","body":{{{wide}}}}}}}' for i in range(1000))
+    body = f'{{"jobs":[{jobs}]}}'.encode()
+    assert 4_500_000 < len(body) <= 5 * 1024 * 1024
+    return body
+
+
+async def test_maximal_batch_leaves_the_loop_free_for_health(api: httpx.AsyncClient) -> None:
+    body = maximal_batch()
+    lags: list[float] = []
+    health: list[float] = []
+    done = asyncio.Event()
+
+    async def watch_loop() -> None:
+        # How late a 5 ms sleep wakes up is how long something else held the loop.
+        while not done.is_set():
+            start = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append(time.perf_counter() - start - 0.005)
+
+    async def probe_health() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            r = await api.get(f"{PREFIX}/health")
+            health.append(time.perf_counter() - start)
+            assert r.status_code == 200, r.text
+
+    watchers = [asyncio.create_task(watch_loop()), asyncio.create_task(probe_health())]
+    try:
+        # Both watchers must be running before the batch starts, or a block at its very
+        # start would go unseen.
+        await eventually(lambda: asyncio.sleep(0, bool(lags and health)), 10,
+                         what="the watchers to start")
+        lags.clear()
+        health.clear()
+        start = time.perf_counter()
+        r = await api.post(f"{PREFIX}/jobs/batch", content=body,
+                           headers={"Content-Type": "application/json"})
+        took = time.perf_counter() - start
+    finally:
+        done.set()
+        await asyncio.gather(*watchers)
+    assert r.status_code == 201, r.text[:500]
+    assert len(r.json()["jobs"]) == 1000
+    print(f"batch {took:.2f} s; loop held at most {max(lags):.3f} s; "
+          f"/health at most {max(health):.3f} s over {len(health)} probes")
+    assert max(lags) < 0.25, f"the loop was held {max(lags):.2f} s at once"
+    assert max(health) < 0.5
