@@ -6,9 +6,11 @@ import json
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Response
 
-from functions.api.deps import JobTypeFilter, Service, decode_cursor, encode_cursor
+from functions.api import listing
+from functions.api.deps import JobTypeFilter, Service
+from functions.api.listing import Cursor, Fields, FieldsQuery, Limit
 from shared.api_schemas import (
     BatchResult,
     ErrorResponse,
@@ -99,22 +101,19 @@ async def stats(service: Service) -> Stats:
     )
 
 
-@router.get("", response_model=JobPage, summary="List jobs, newest first")
+@router.get("", response_model=JobPage, responses=errors(422),
+            summary="List jobs, newest first (pages bounded in count and bytes)")
 @router.get("/", response_model=JobPage, include_in_schema=False)
 async def list_jobs(
     service: Service,
     status: Status | None = None,
     job_type: JobTypeFilter = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-) -> JobPage:
-    store = await service.stores.store()
-    rows = await store.list_jobs(status=status, job_type=job_type,
-                                 before_seq=decode_cursor(cursor), limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return JobPage(items=[JobOut.of(r) for r in rows],
-                   next_cursor=encode_cursor(rows[-1]["seq"]) if more else None)
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    fields: FieldsQuery = Fields.full,
+) -> Response:
+    return await listing.page(service, status=status, job_type=job_type, limit=limit,
+                              cursor=cursor, fields=fields)
 
 
 @router.get("/{job_id:job_id}", response_model=JobDetail, responses=errors(404, 422),
