@@ -6,15 +6,14 @@ import json
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
 
-from functions.api import listing
+from functions.api import batch_body, listing
 from functions.api.deps import JobTypeFilter, Service
 from functions.api.listing import Cursor, Fields, FieldsQuery, Limit
 from shared.api_schemas import (
     BatchResult,
     ErrorResponse,
-    JobBatchCreate,
     JobCreate,
     JobDetail,
     JobOut,
@@ -68,19 +67,24 @@ async def create_job(spec: JobCreate, service: Service, response: Response,
 
 @router.post("/batch", status_code=201, response_model=BatchResult,
              responses=errors(409, 413, 422),
-             summary="Create up to 1,000 jobs, all or nothing")
-async def create_batch(batch: JobBatchCreate, service: Service, response: Response,
-                       idempotency_key: IdempotencyKey = None) -> BatchResult:
+             summary="Create up to 1,000 jobs, all or nothing",
+             openapi_extra=batch_body.request_body_schema())
+async def create_batch(request: Request, service: Service,
+                       idempotency_key: IdempotencyKey = None) -> Response:
+    batch = await batch_body.parse_batch(await request.body())
     _check_payload_sizes(batch.jobs, service.settings.max_payload_bytes, batch=True)
     rows, created = await service.create_many(batch.jobs, idempotency_key)
-    jobs = [JobOut.of(r) for r in rows]
+    result = BatchResult(jobs=[JobOut.of(r) for r in rows])
+    headers = {}
     if created:
-        for job in jobs:
+        for job in result.jobs:
             metrics.jobs_created_total.labels(job.job_type).inc()
     else:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
-    return BatchResult(jobs=jobs)
+        headers["Idempotent-Replayed"] = "true"
+    # Encoded by pydantic-core in one step: FastAPI's dict-then-json.dumps of 1,000 jobs
+    # held the event loop for half a second.
+    return Response(result.model_dump_json(), status_code=201 if created else 200,
+                    headers=headers, media_type="application/json")
 
 
 @router.get("/stats", response_model=Stats, summary="Counts, queue depth, success rate")
