@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     app.state.settings = settings
     app.state.stores = stores
     app.state.service = JobService(stores, registry)
-    errors.install(app)
+    errors.install(app, hosts_checked=bool(settings.api_allowed_hosts))
     for router in (jobs.router, dead_letters.router, health.router, job_types.router):
         app.include_router(router, prefix=prefix)
     app.add_middleware(BodyLimit, limit=settings.max_payload_bytes,

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from shared.api_schemas import JobBatchCreate
 
@@ -66,7 +67,8 @@ async def _jobs_stepwise(text: str) -> dict[str, Any]:
 
 
 async def parse_batch(body: bytes) -> JobBatchCreate:
-    """The batch, or a RequestValidationError shaped like FastAPI's own (loc from "body")."""
+    """The batch, or the refusal FastAPI's own parse would make: 400 for a body that is not
+    UTF-8, else a RequestValidationError (loc from "body")."""
     if not body.strip():
         raise RequestValidationError([{"type": "missing", "loc": ("body",),
                                        "msg": "Field required", "input": None}])
@@ -76,10 +78,9 @@ async def parse_batch(body: bytes) -> JobBatchCreate:
             data = await _jobs_stepwise(text)
         except _NotStepwise:
             data = json.loads(text)
-    except UnicodeDecodeError as exc:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.start),
-                                       "msg": "JSON decode error", "input": {},
-                                       "ctx": {"error": "invalid UTF-8"}}]) from None
+    except UnicodeDecodeError:
+        # As FastAPI answers a body it cannot decode on the other routes.
+        raise HTTPException(400, "There was an error parsing the body") from None
     except json.JSONDecodeError as exc:
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos),
                                        "msg": "JSON decode error", "input": {},

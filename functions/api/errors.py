@@ -39,9 +39,36 @@ def _clean(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _document_one_error_shape(app: FastAPI) -> None:
+# Refusals that come from the middleware, not from the routes: documented here for each
+# operation they can reach, so the document lists every status a client can get.
+_REFUSALS = {
+    "403": "A browser request from another site (Sec-Fetch-Site or Origin): refused.",
+    "413": "The request body is over its size limit.",
+    "415": "A request body that is not Content-Type: application/json.",
+    "503": "PostgreSQL or Redis is unreachable; retry (a create with its Idempotency-Key).",
+    "400": "The request body could not be decoded (not UTF-8).",
+    "400-host": "The Host header is not one of AJS_API_ALLOWED_HOSTS.",
+}
+
+
+def _refusals_of(path: str, method: str, operation: dict[str, Any],
+                 hosts_checked: bool) -> list[str]:
+    codes = []
+    if method in ("post", "put", "patch", "delete"):
+        codes += ["403", "415"]
+    if "requestBody" in operation:
+        codes += ["400", "413"]
+    if "/jobs" in path or "/dead-letters" in path:
+        codes.append("503")
+    if hosts_checked:
+        codes.append("400-host")
+    return codes
+
+
+def _document_one_error_shape(app: FastAPI, hosts_checked: bool) -> None:
     """FastAPI documents its own 422 body (``HTTPValidationError``) on every route that takes
-    parameters; ours is ``ErrorResponse``. Point the schema at the shape clients receive."""
+    parameters; ours is ``ErrorResponse``. Point the schema at the shape clients receive,
+    and add the refusals the middleware makes."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -49,8 +76,15 @@ def _document_one_error_shape(app: FastAPI) -> None:
             return app.openapi_schema
         schema = build()
         ours = {"$ref": "#/components/schemas/ErrorResponse"}
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                responses = operation.setdefault("responses", {})
+                for refusal in _refusals_of(path, method, operation, hosts_checked):
+                    code = refusal.split("-")[0]
+                    documented = responses.setdefault(code, {
+                        "description": "", "content": {"application/json": {"schema": ours}}})
+                    documented["description"] = " ".join(
+                        filter(None, (documented["description"], _REFUSALS[refusal])))
                 invalid = operation.get("responses", {}).get("422", {})
                 body = invalid.get("content", {}).get("application/json", {})
                 if body.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
@@ -75,8 +109,8 @@ def _allowed_methods(request: Request) -> list[str]:
                    for route in request.app.router.routes)]
 
 
-def install(app: FastAPI) -> None:
-    _document_one_error_shape(app)
+def install(app: FastAPI, *, hosts_checked: bool = False) -> None:
+    _document_one_error_shape(app, hosts_checked)
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> JSONResponse:

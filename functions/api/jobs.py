@@ -49,8 +49,18 @@ def _check_payload_sizes(specs: list[JobCreate], limit: int, batch: bool) -> Non
                                     "type": "too_large"}])
 
 
-@router.post("", status_code=201, response_model=JobOut, responses=errors(409, 413, 422),
-             summary="Create a job")
+REPLAYED = {"Idempotent-Replayed": {"description": "true: an earlier request with this "
+                                    "Idempotency-Key and body made the job(s)",
+                                    "schema": {"type": "string", "enum": ["true"]}}}
+
+
+@router.post("", status_code=201, response_model=JobOut, responses={
+    **errors(409, 413, 422),
+    201: {"description": "Created", "headers": {"Location": {
+        "description": "The job's URL", "schema": {"type": "string"}}}},
+    200: {"model": JobOut, "description": "Idempotent replay: the job made earlier",
+          "headers": REPLAYED}},
+    summary="Create a job")
 async def create_job(spec: JobCreate, service: Service, response: Response,
                      idempotency_key: IdempotencyKey = None) -> JobOut:
     _check_payload_sizes([spec], service.settings.max_payload_bytes, batch=False)
@@ -65,8 +75,10 @@ async def create_job(spec: JobCreate, service: Service, response: Response,
     return job
 
 
-@router.post("/batch", status_code=201, response_model=BatchResult,
-             responses=errors(409, 413, 422),
+@router.post("/batch", status_code=201, response_model=BatchResult, responses={
+    **errors(409, 413, 422),
+    200: {"model": BatchResult, "description": "Idempotent replay: the jobs made earlier",
+          "headers": REPLAYED}},
              summary="Create up to 1,000 jobs, all or nothing",
              openapi_extra=batch_body.request_body_schema())
 async def create_batch(request: Request, service: Service,
