@@ -69,11 +69,12 @@ async def test_maximal_batch_leaves_the_loop_free_for_health(api: httpx.AsyncCli
     assert len(r.json()["jobs"]) == 1000
     print(f"batch {took:.2f} s; loop held at most {max(lags):.3f} s; "
           f"/health at most {max(health):.3f} s over {len(health)} probes")
-    # Before: about 1.5 s at once on a busy 2-CPU machine (parse, payload checks and the
-    # answer's encoding, each in one piece). Now the longest step is the store's jsonb
-    # encoding of the 1,000 payloads (~0.15 s).
-    assert max(lags) < 0.5, f"the loop was held {max(lags):.2f} s at once"
-    assert max(health) < 0.6
+    # Before: 1.5 s and more at once on a busy 2-CPU machine (the parse, the payload checks
+    # and the answer's encoding, each in one piece). Now the longest steps are the store's
+    # jsonb encoding of the 1,000 payloads (~0.15 s) and garbage collection; the margin is
+    # for a machine shared with other test runs.
+    assert max(lags) < 0.75, f"the loop was held {max(lags):.2f} s at once"
+    assert max(health) < 0.8
 
 
 @pytest.mark.parametrize("body", [
