@@ -85,3 +85,19 @@ def test_the_api_keeps_its_openapi_contract(contract_app: FastAPI) -> None:
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 fuzz(operation, mode, client)
+
+
+async def test_the_document_declares_replays_refusals_and_summary_lists(api: Any) -> None:
+    ops = (await api.get(f"{PREFIX}/openapi.json")).json()["paths"]
+    for path in ("/jobs", "/jobs/batch"):
+        create = ops[f"{PREFIX}{path}"]["post"]["responses"]
+        assert {"200", "201", "400", "403", "409", "413", "415", "422", "503"} <= set(create)
+        assert "Idempotent-Replayed" in create["200"]["headers"]
+    assert "Location" in ops[f"{PREFIX}/jobs"]["post"]["responses"]["201"]["headers"]
+    redrive = ops[f"{PREFIX}/dead-letters/redrive"]["post"]["responses"]
+    assert {"403", "415"} <= set(redrive)
+    for path in ("/jobs", "/dead-letters"):
+        listing = ops[f"{PREFIX}{path}"]["get"]
+        fields = next(p for p in listing["parameters"] if p["name"] == "fields")
+        assert fields["in"] == "query"
+        assert "403" not in listing["responses"]  # reads are not refused cross-site
