@@ -7,9 +7,9 @@ DELETE):
 
 - a request that names a Content-Type must name ``application/json`` (415 otherwise), and
   one with a body must name it (a body without a type is 415 too);
-- a request a browser marks as coming from another site (``Sec-Fetch-Site`` other than
-  ``same-origin`` or ``none``, or an ``Origin`` whose host is not the ``Host`` header) is 403,
-  whether or not it has a body.
+- a request a browser marks as coming from another site is 403, whether or not it has a
+  body: ``Sec-Fetch-Site`` other than ``same-origin`` or ``none``; or, from a browser too old
+  to send that, an ``Origin`` whose host is neither the ``Host`` header nor an allowed host.
 
 Non-browser clients send neither header and are unaffected. A cross-site request with
 ``application/json`` needs a CORS preflight, which this API never grants.
@@ -74,6 +74,14 @@ class RequestGuard:
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
+    def _same_origin(self, origin: str, host: str) -> bool:
+        origin_host = urlsplit(origin).netloc.lower()
+        if not origin_host:  # "null": a sandboxed or privacy-sensitive context
+            return False
+        if origin_host == host.strip().lower():
+            return True
+        return bool(self.allowed_hosts) and host_allowed(origin_host, self.allowed_hosts)
+
     def refusal(self, method: str, headers: Headers) -> tuple[int, str, str, list[Any]] | None:
         host = headers.get("host", "")
         if self.allowed_hosts and not host_allowed(host, self.allowed_hosts):
@@ -82,10 +90,13 @@ class RequestGuard:
             return None
         fetch_site = headers.get("sec-fetch-site")
         origin = headers.get("origin")
-        if fetch_site is not None and fetch_site.lower() not in SAME_SITE_FETCH:
-            return (403, "cross_site_refused", "state-changing requests from another site "
-                    "are refused", ["header", "Sec-Fetch-Site"])
-        if origin is not None and urlsplit(origin).netloc.lower() != host.strip().lower():
+        if fetch_site is not None:
+            # Set by the browser itself (a page cannot forge it), and unlike Origin it is
+            # not fooled by a proxy that rewrites Host: when present, it decides.
+            if fetch_site.lower() not in SAME_SITE_FETCH:
+                return (403, "cross_site_refused", "state-changing requests from another "
+                        "site are refused", ["header", "Sec-Fetch-Site"])
+        elif origin is not None and not self._same_origin(origin, host):
             return (403, "cross_site_refused", "state-changing requests from another origin "
                     "are refused", ["header", "Origin"])
         content_type = headers.get("content-type")
