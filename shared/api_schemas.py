@@ -14,6 +14,12 @@ from shared.core.status import Status
 # characters at all (and, being checked by pydantic-core, no unpaired surrogates).
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
+# Input bounds of a new job (README, "The API").
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SCHEDULE_YEARS_AHEAD = 10
+MIN_TIMEOUT_SECONDS = 1.0
+MAX_PAYLOAD_DEPTH = 64  # levels of nested objects and arrays (checked by the service)
+
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
@@ -30,21 +36,41 @@ class JobCreate(BaseModel):
     priority: int | None = Field(None, ge=1, le=10, strict=True,
                                  description="1 is highest; default: the type's (5).")
     scheduled_at: AwareDatetime | None = Field(
-        None, description="When to run; must carry a time zone. Default: now.")
+        None, description="When to run: an ISO 8601 time with a time zone, "
+        f"from 1970 to {SCHEDULE_YEARS_AHEAD} years ahead. Default: now.")
     max_retries: int | None = Field(None, ge=0, le=100, strict=True)
-    timeout_seconds: float | None = Field(None, gt=0, le=86400, allow_inf_nan=False)
+    timeout_seconds: float | None = Field(
+        None, ge=MIN_TIMEOUT_SECONDS, le=86400, allow_inf_nan=False,
+        description=f"Per-attempt time limit, {MIN_TIMEOUT_SECONDS:g} s to 86,400 s.")
+
+    @field_validator("scheduled_at", mode="before")
+    @classmethod
+    def _not_a_number(cls, value: Any) -> Any:
+        # An ISO 8601 string (or a datetime from Python), never a number quietly read as
+        # seconds since the epoch. (strict=True would refuse strings too: FastAPI
+        # validates the parsed JSON in Python mode.)
+        if isinstance(value, int | float):
+            raise ValueError("must be an ISO 8601 date-time string with a time zone, "
+                             "not a number")
+        return value
 
     @field_validator("scheduled_at")
     @classmethod
-    def _in_utc(cls, value: datetime | None) -> datetime | None:
-        # 0001-01-01T00:00+14:00 is valid ISO 8601 but falls before year 1 in UTC, which
-        # neither Python nor asyncpg can represent: refuse it here, not as a 500 at INSERT.
+    def _in_range(cls, value: datetime | None) -> datetime | None:
+        """Year 1 would be stored as -infinity and 9999-12-31 as infinity, which nothing
+        downstream can compute with: bound it at the door."""
         if value is None:
             return None
         try:
-            return value.astimezone(UTC)
+            value = value.astimezone(UTC)
         except OverflowError:
             raise ValueError("date is out of range once converted to UTC") from None
+        latest = datetime.now(UTC).replace(microsecond=0)
+        latest = latest.replace(year=latest.year + SCHEDULE_YEARS_AHEAD, day=min(latest.day, 28))
+        if not EPOCH <= value <= latest:
+            raise ValueError(f"must be between {EPOCH.isoformat()} and {SCHEDULE_YEARS_AHEAD} "
+                             f"years from now ({latest.isoformat()})")
+        return value
 
 
 class JobBatchCreate(BaseModel):

@@ -48,3 +48,43 @@ class PayloadTooLarge(UserError):
 class Unavailable(UserError):
     status = 503
     code = "unavailable"
+
+
+
+def store_unavailable_errors() -> tuple[type[Exception], ...]:
+    """Every exception that means a store cannot be reached right now: the one mapping
+    behind every 503 (see ``unavailable_store``).
+
+    PostgreSQL: every connection error (class 08), the server starting up, shutting down or
+    crashed (57P01-57P03), too many connections (53300), a closed pool or connection.
+    Redis: every connection and timeout error (loading a dataset included), a read-only
+    replica after a failover, a cluster that is down or moving slots. Then plain socket
+    errors and timeouts, which name no store.
+    """
+    return (*_postgres_down(), *_redis_down(), OSError, TimeoutError)
+
+
+def unavailable_store(exc: BaseException) -> str | None:
+    """Which store ``exc`` says is unreachable ("postgres", "redis", "store"), or None."""
+    if isinstance(exc, _postgres_down()):
+        return "postgres"
+    if isinstance(exc, _redis_down()):
+        return "redis"
+    if isinstance(exc, OSError | TimeoutError):
+        return "store"
+    return None
+
+
+def _postgres_down() -> tuple[type[Exception], ...]:
+    import asyncpg
+
+    return (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+            asyncpg.TooManyConnectionsError, asyncpg.InterfaceError)
+
+
+def _redis_down() -> tuple[type[Exception], ...]:
+    from redis import exceptions as e
+
+    return (e.ConnectionError, e.TimeoutError, e.ReadOnlyError, e.ClusterDownError,
+            e.TryAgainError, e.MasterDownError)

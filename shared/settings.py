@@ -105,6 +105,10 @@ class Settings(BaseSettings):
         "others get 400. Empty: any host. Comma-separated in the environment.")
 
     # --- scheduler function ---------------------------------------------------------------
+    scheduler_tick_seconds: float = Field(
+        60.0, gt=0, description="How often the scheduler function runs (EventBridge: 60). "
+        "Its lock lives twice this, so a tick whose process died blocks the next one at most "
+        "that long; a tick that fails releases it at once.")
     reconcile_page_size: int = Field(
         1000, description="Jobs the scheduler's reconcile pass checks per round trip.")
 

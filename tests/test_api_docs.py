@@ -1,10 +1,12 @@
-"""The API documents itself (Swagger UI, ReDoc, OpenAPI) and every error has one shape."""
+"""The API documents itself (Swagger UI, ReDoc, OpenAPI, served without a CDN) and every
+error has one shape. tests/test_api_docs_offline.py opens the pages in a real browser."""
 
 from __future__ import annotations
 
 import json
 import re
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 from fastapi.routing import APIRoute
@@ -28,14 +30,65 @@ def documented(schema: dict[str, Any]) -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops}
 
 
-async def test_swagger_ui_and_redoc_are_served(api):
-    swagger = await api.get(f"{API}/docs")
-    assert swagger.status_code == 200
-    assert swagger.headers["content-type"].startswith("text/html")
-    assert "swagger-ui" in swagger.text and f"{API}/openapi.json" in swagger.text
-    redoc = await api.get(f"{API}/redoc")
-    assert redoc.status_code == 200
-    assert "redoc" in redoc.text.lower() and f"{API}/openapi.json" in redoc.text
+def references(html: str) -> list[str]:
+    """Every URL a docs page loads: scripts, styles, icons and the schema."""
+    return re.findall(r'(?:src|href|spec-url)="([^"]+)"|url: \'([^\']+)\'', html)
+
+
+async def check_docs_pages(client: httpx.AsyncClient, prefix: str) -> None:
+    """Both pages load everything from the API itself, by URLs relative to the page, so
+    they also work under a stage prefix or base path the app never sees."""
+    for page, marker in (("docs", "SwaggerUIBundle"), ("redoc", "<redoc ")):
+        resp = await client.get(f"{prefix}/{page}")
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/html")
+        assert marker in resp.text
+        assert "//" not in resp.text  # no CDN, no absolute URL of any kind
+        urls = [a or b for a, b in references(resp.text)]
+        assert any(u.startswith("openapi.json") for u in urls), urls
+        assert len(urls) >= 2, urls  # the schema and at least the page's script
+        for url in urls:
+            assert not url.startswith("/"), url
+            # Where a browser on a gateway stage would fetch it from...
+            staged = urljoin(f"https://gw.example/stage{prefix}/{page}", url)
+            assert staged.startswith(f"https://gw.example/stage{prefix}/"), staged
+            # ...and where it lives here: each one is served, with no key and no CDN.
+            asset = await client.get(urljoin(f"http://api{prefix}/{page}", url))
+            assert asset.status_code == 200, url
+            assert asset.headers["content-type"].split(";")[0] in (
+                "application/json", "text/css", "text/javascript", "application/javascript",
+                "image/png"), (url, asset.headers["content-type"])
+
+
+async def test_swagger_ui_and_redoc_are_served_from_the_api(api):
+    await check_docs_pages(api, API)
+    css = await api.get(f"{API}/docs-assets/swagger-ui.css")
+    assert "max-age" in css.headers["cache-control"]  # the URLs carry the version
+
+
+async def test_docs_pages_follow_the_api_prefix(settings: Settings):
+    from functions.api.app import create_app
+
+    app = create_app(settings.model_copy(update={"api_prefix": "/edge/v2"}))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as client:
+            await check_docs_pages(client, "/edge/v2")
+            assert (await client.get(f"{API}/docs")).status_code == 404
+    finally:
+        await app.state.stores.close()
+
+
+async def test_unknown_docs_asset_is_a_plain_404(api):
+    """Only the pages' own files are served: a made-up name (or a path) reads nothing
+    and is answered in the one error shape, without echoing the name back."""
+    long_name = "x" * 4000 + ".js"
+    for name in (long_name, "..%2fapp.py", "..%2F..%2Fpyproject.toml", "core.py"):
+        body = error_of(await api.get(f"{API}/docs-assets/{name}"), 404)
+        assert body["code"] == "not_found"
+        assert "x" * 100 not in body["message"]
+    missing = error_of(await api.get(f"{API}/docs-assets/swagger-ui.js"), 404)
+    assert "swagger-ui-bundle.js" in missing["message"]
 
 
 async def test_openapi_lists_every_route(api, settings: Settings):

@@ -52,7 +52,7 @@ async def test_a_form_post_cannot_redrive_the_dead_letter_queue(api, db, namespa
 async def test_body_less_cross_site_requests_are_refused(api, db, namespace, start_worker,
                                                          headers):
     await dead_letters(api, 1, start_worker)
-    job_id = await create(api, "noop", {}, scheduled_at="2999-01-01T00:00:00Z")
+    job_id = await create(api, "noop", {}, scheduled_at="2030-01-01T00:00:00Z")
     before = await redis_state(namespace)
     for method, url in (("POST", f"{DEAD}/redrive"), ("DELETE", DEAD),
                         ("DELETE", f"{JOBS}/{job_id}")):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 
 from shared.api_schemas import JobCreate
-from shared.core.status import Status
+from shared.core.lifecycle import Lifecycle, Outcome
 from shared.queue.locks import Redlock
-from shared.store.jobs import Outcome
 from tests.support.servers import redis_servers
 from tests.support.waits import eventually
 
@@ -17,14 +16,14 @@ async def test_late_attempt_is_fenced_out(service, store):
     first = await store.claim([row["id"]], "worker-a")
     assert first[0]["attempts"] == 1
     # worker-a pauses; its lease expires and the job is recovered and claimed again
-    recovered = await store.recover([row["id"]])
+    recovered = await store.settle([Outcome.after_failure(row["id"], 1, 3, "lease expired")])
     assert recovered[0]["status"] == "QUEUED"
     second = await store.claim([row["id"]], "worker-b")
     assert second[0]["attempts"] == 2
 
-    late = await store.settle([Outcome(row["id"], 1, Status.COMPLETED, result={"by": "a"})])
+    late = await store.settle([Outcome.completed(row["id"], 1, {"by": "a"})])
     assert late == []
-    current = await store.settle([Outcome(row["id"], 2, Status.COMPLETED, result={"by": "b"})])
+    current = await store.settle([Outcome.completed(row["id"], 2, {"by": "b"})])
     assert [r["id"] for r in current] == [row["id"]]
     final = await store.get(row["id"])
     assert final["result"] == {"by": "b"} and final["attempts"] == 2
@@ -36,11 +35,11 @@ async def test_claim_refuses_jobs_no_longer_waiting(service, store):
     assert await store.claim([row["id"]], "worker-a") == []
 
 
-async def test_graceful_release_keeps_the_attempt_count(service, store):
+async def test_graceful_release_keeps_the_attempt_count(service, store, stores):
     row, _ = await service.create(JobCreate(job_type="noop", payload={}))
     await store.claim([row["id"]], "worker-a")
-    released = await store.release([(row["id"], 1)], "shutdown")
-    assert released[0]["id"] == row["id"]
+    settled = await Lifecycle(store, stores.queue).settle([Outcome.released(row["id"], 1)])
+    assert [r["id"] for r in settled.rows] == [row["id"]]
     again = await store.get(row["id"])
     assert (again["status"], again["attempts"]) == ("QUEUED", 0)
 

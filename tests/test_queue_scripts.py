@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 
+from shared.core.lifecycle import Move
 from shared.queue.redis_queue import Placement, RedisQueue, TypeLimit, connect
 from tests.support.servers import RedisServer
 
@@ -44,7 +45,7 @@ async def test_concurrency_limit_is_shared_and_freed_on_settle(stores):
     first, _ = await queue.claim(10, 30, limited)
     second, _ = await queue.claim(10, 30, limited)  # another worker: none left under the cap
     assert len(first) == 2 and second == []
-    await queue.move([(first[0][0], "a", "drop", 0, 0)])
+    await queue.move([Move.drop(first[0][0], "a")])
     third, _ = await queue.claim(10, 30, limited)
     assert len(third) == 1
 
@@ -131,8 +132,8 @@ async def test_claim_takes_each_jobs_lock_and_defers_a_job_locked_elsewhere(stor
     assert [c[0] for c in again] == [str(first.job_id)]
     # settling releases only a lock that is still ours
     await stores.redis.set(f"{queue.base}:lock:{second.job_id}", "someone-else")
-    await queue.move([(str(first.job_id), "a", "drop", 0, 0),
-                      (str(second.job_id), "a", "unlock", 0, 0)], lock_token="me")
+    await queue.move([Move.drop(first.job_id, "a"), Move.unlock(second.job_id)],
+                     lock_token="me")
     assert await stores.redis.get(f"{queue.base}:lock:{first.job_id}") is None
     assert await stores.redis.get(f"{queue.base}:lock:{second.job_id}") == "someone-else"
 

@@ -194,6 +194,29 @@ async def test_built_api_function_answers_http_api_events(
     assert health["statusCode"] == 200, health
 
 
+async def test_built_api_function_serves_the_docs_pages_and_their_assets(
+        handlers: dict[str, tuple[Path, str]], http_event: dict[str, Any],
+        settings: Settings, tmp_path: Path) -> None:
+    """Swagger UI and ReDoc load their scripts from the function itself (no CDN), so the
+    assets must be in the package and fit in a Lambda response (6 MB)."""
+    artifact, handler = handlers["ApiFunction"]
+    paths = ["/api/v1/docs", "/api/v1/redoc", "/api/v1/docs-assets/swagger-ui-bundle.js",
+             "/api/v1/docs-assets/swagger-ui.css", "/api/v1/docs-assets/redoc.standalone.js"]
+    results = await _invoke_built(artifact, handler, [_http(http_event, "GET", p) for p in paths],
+                                  settings, tmp_path)
+    bodies = {}
+    for path, result in zip(paths, results, strict=True):
+        assert result["statusCode"] == 200, (path, result.get("body", "")[:300])
+        assert len(json.dumps(result)) < 6_000_000, path
+        body = result["body"]
+        bodies[path] = base64.b64decode(body).decode() if result["isBase64Encoded"] else body
+    assert "docs-assets/swagger-ui-bundle.js" in bodies["/api/v1/docs"]
+    assert "docs-assets/redoc.standalone.js" in bodies["/api/v1/redoc"]
+    assert "SwaggerUIBundle" in bodies["/api/v1/docs-assets/swagger-ui-bundle.js"]
+    assert ".swagger-ui" in bodies["/api/v1/docs-assets/swagger-ui.css"]
+    assert "Redoc" in bodies["/api/v1/docs-assets/redoc.standalone.js"]
+
+
 async def test_built_scheduler_function_promotes_due_jobs(
         handlers: dict[str, tuple[Path, str]], scheduled_event: dict[str, Any],
         settings: Settings, registry: Any, stores: Stores, tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 from functions.scheduler.tick import tick
 from shared.api_schemas import JobCreate
 from shared.connections import Stores
+from shared.core.lifecycle import Lifecycle
 from shared.core.service import JobService
-from shared.maintenance import promote_due
+from shared.maintenance.promote import promote
 
 EVENT = Path(__file__).parent / "events" / "scheduled-event.json"
 
@@ -98,9 +99,9 @@ async def test_promotion_alone_is_safe_to_run_concurrently(settings, registry, d
     a, b = Stores(settings), Stores(settings)
     try:
         counts = await asyncio.gather(
-            promote_due(await a.store(), {"default": a.queue()}, 90, batch=50),
-            promote_due(await b.store(), {"default": b.queue()}, 90, batch=50))
-        assert sum(counts) == 400
+            promote(Lifecycle(await a.store(), a.queue), 90, batch=50),
+            promote(Lifecycle(await b.store(), b.queue), 90, batch=50))
+        assert sum(c.promoted for c in counts) == 400
         assert await a.redis.zcard(a.queue().k_delayed) == 400
     finally:
         await a.close()

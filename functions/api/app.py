@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from functions.api import dead_letters, errors, health, job_types, jobs
+from functions.api import dead_letters, docs_pages, errors, health, job_types, jobs
 from functions.api.body_limit import BodyLimit
 from functions.api.metrics import RequestMetrics
 from functions.api.request_guard import RequestGuard
@@ -41,8 +41,8 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
         title="async-job-scheduler",
         version="0.1.0",
         description=DESCRIPTION,
-        docs_url=f"{prefix}/docs",
-        redoc_url=f"{prefix}/redoc",
+        docs_url=None,  # served by docs_pages, without a CDN
+        redoc_url=None,
         openapi_url=f"{prefix}/openapi.json",
         lifespan=lifespan,
     )
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     app.state.stores = stores
     app.state.service = JobService(stores, registry)
     errors.install(app, hosts_checked=bool(settings.api_allowed_hosts))
+    docs_pages.install(app, prefix)
     for router in (jobs.router, dead_letters.router, health.router, job_types.router):
         app.include_router(router, prefix=prefix)
     app.add_middleware(BodyLimit, limit=settings.max_payload_bytes,

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from shared.errors import UserError
+from shared.errors import UserError, store_unavailable_errors, unavailable_store
 from shared.observability.logs import get_logger
 
 log = get_logger("api")
@@ -137,21 +134,16 @@ def install(app: FastAPI, *, hosts_checked: bool = False) -> None:
     async def store_down(request: Request, exc: Exception) -> JSONResponse:
         # A store that cannot be reached is not a bug in the request or in us: 503, so
         # that clients and load balancers retry (a create safely, with its Idempotency-Key).
-        store = ("redis" if isinstance(exc, RedisConnectionError | RedisTimeoutError)
-                 else "postgres" if isinstance(exc, asyncpg.PostgresConnectionError
-                                               | asyncpg.ConnectionDoesNotExistError)
-                 else "store")
+        store = unavailable_store(exc) or "store"
         log.warning("store unreachable", extra={"path": request.url.path, "store": store,
                                                 "error": repr(exc)})
         return error_response(
             503, "unavailable", f"{store} is unreachable; retry later (a create with the "
             "same Idempotency-Key)",
-            [{"loc": [store], "msg": type(exc).__name__, "type": "dependency_failed"}],
+            [{"loc": [store], "msg": f"{store} unavailable", "type": "dependency_failed"}],
             headers={"Retry-After": "1"})
 
-    for unreachable in (OSError, asyncpg.PostgresConnectionError,
-                        asyncpg.ConnectionDoesNotExistError, RedisConnectionError,
-                        RedisTimeoutError):
+    for unreachable in store_unavailable_errors():  # the one mapping: shared.errors
         app.add_exception_handler(unreachable, store_down)
 
     @app.exception_handler(Exception)

@@ -101,14 +101,10 @@ async def create_batch(request: Request, service: Service,
 
 @router.get("/stats", response_model=Stats, summary="Counts, queue depth, success rate")
 async def stats(service: Service) -> Stats:
-    store = await service.stores.store()
-    data = await store.stats()
-    queues = {}
-    names = {service.settings.queue, *(jt.queue for jt in service.registry.all())}
-    for name in sorted(names):
-        depth = await service.stores.queue(name).depth()
-        queues[name] = QueueStats(ready_by_priority=depth["ready_by_priority"],
-                                  delayed=depth["delayed"], processing=depth["leased"])
+    data = await service.stats()
+    queues = {name: QueueStats(ready_by_priority=depth["ready_by_priority"],
+                               delayed=depth["delayed"], processing=depth["leased"])
+              for name, depth in data["queues"].items()}
     done = data["by_status"][Status.COMPLETED] + data["by_status"][Status.FAILED]
     return Stats(
         by_status=data["by_status"], by_type=data["by_type"], queues=queues,
@@ -136,7 +132,7 @@ async def list_jobs(
             summary="Get a job")
 async def get_job(job_id: uuid.UUID, service: Service) -> JobDetail:
     row = await service.get(job_id)
-    history = await (await service.stores.store()).history(job_id)
+    history = await service.history(job_id)
     return JobDetail(**JobOut.of(row).model_dump(),
                      history=[Transition.model_validate(dict(h)) for h in history])
 

@@ -8,6 +8,7 @@ same code path as the deployed function.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 import uuid
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=float, default=0.0,
                         help="repeat every SECONDS (default: run one tick and exit)")
     args = parser.parse_args(argv)
+    if args.every:  # the tick lock lives two ticks: tell it how often we tick
+        os.environ.setdefault("AJS_SCHEDULER_TICK_SECONDS", str(args.every))
 
     from functions.scheduler.handler import handler, logger
 

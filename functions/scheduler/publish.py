@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
 from shared.connections import Stores
-from shared.maintenance import Summary
+from shared.core.lifecycle import Recovered
 from shared.observability import metrics, summed_counters
 from shared.observability.logs import get_logger
 from shared.observability.pushgateway import scheduler_pusher
@@ -40,9 +40,9 @@ class Families:
         return self.families
 
 
-def count_recoveries(summary: Summary) -> None:
-    metrics.scheduler_lease_recoveries_total.labels("requeued").inc(summary.recovered)
-    metrics.scheduler_lease_recoveries_total.labels("dead_letter").inc(summary.dead_lettered)
+def count_recoveries(recovered: Recovered) -> None:
+    metrics.scheduler_lease_recoveries_total.labels("requeued").inc(recovered.requeued)
+    metrics.scheduler_lease_recoveries_total.labels("dead_letter").inc(recovered.dead_lettered)
 
 
 async def set_gauges(store: JobStore, depth: dict[str, Any]) -> None:
@@ -57,18 +57,18 @@ async def set_gauges(store: JobStore, depth: dict[str, Any]) -> None:
 
 
 async def publish(stores: Stores, store: JobStore, job_types: Iterable[str],
-                  summary: Summary) -> bool:
+                  recovered: Recovered, depth: dict[str, Any]) -> bool:
     """Push the scheduler group; False when off or it failed (the tick goes on)."""
     settings = stores.settings
     metrics.init_shared_series(job_types)
-    count_recoveries(summary)
+    count_recoveries(recovered)
     pusher = scheduler_pusher(settings, metrics.CLUSTER)
     if pusher is None:
         summed_counters.THIS_PROCESS.discard()
         return False
     key = summed_counters.key(settings.redis_prefix)
     try:
-        await set_gauges(store, summary.depth)
+        await set_gauges(store, depth)
         await summed_counters.THIS_PROCESS.flush(stores.redis, key)
         sums = await summed_counters.read(stores.redis, key)
     except (RedisError, OSError, asyncpg.PostgresError) as exc:

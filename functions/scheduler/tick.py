@@ -1,11 +1,15 @@
-"""One scheduler tick: what DESIGN.md section 5 lists, safe to run twice at once.
+"""One scheduler tick: promote due jobs, recover expired leases, reconcile Redis with
+PostgreSQL, publish the gauges. Safe to run twice at once, and impossible to wedge.
 
-EventBridge fires at most once a minute and sometimes twice, so a tick takes a lock and
-an overlapping tick returns at once. The lock lives in Redis (a token with an expiry), not
-in a PostgreSQL session: behind pgbouncer or RDS Proxy a session lock can be taken on one
-server connection and released on another, and a leaked one would skip every later tick;
-a lost Redis lock just expires. Every step is idempotent anyway: promotion uses SKIP
-LOCKED, recovery and reconcile are Lua scripts that check before they move.
+EventBridge fires at most once a minute and sometimes twice, so a tick takes a lock and an
+overlapping tick returns at once. The lock lives in Redis (a token with an expiry), not in a
+PostgreSQL session: behind pgbouncer or RDS Proxy a session lock can be taken on one server
+connection and released on another, and a leaked one would skip every later tick. Its
+time-to-live is two ticks (``AJS_SCHEDULER_TICK_SECONDS``), it is extended between passes,
+and it is released in a ``finally`` that also covers getting the tick's PostgreSQL
+connection: a tick that fails (PostgreSQL restarting, say) never blocks the next one, and
+one whose process died holds it for two ticks at most. Every pass is idempotent anyway:
+promotion uses SKIP LOCKED, recovery is fenced, reconcile checks before it places.
 """
 
 from __future__ import annotations
@@ -15,42 +19,48 @@ from typing import Any
 
 from functions.scheduler.publish import publish
 from shared.connections import Stores
-from shared.maintenance import Summary, promote_due, reconcile, recover_expired
+from shared.core.lifecycle import Lifecycle, Recovered
+from shared.maintenance.promote import promote
+from shared.maintenance.reconcile import reconcile
+from shared.maintenance.recover import recover
 from shared.queue.locks import Redlock
 from shared.registry import Registry
 from shared.store.jobs import JobStore
 
 LOCK_NAME = "scheduler-tick"
-LOCK_SECONDS = 300.0  # longer than any tick; released at the end of each one
 
 
 async def tick(stores: Stores, registry: Registry) -> dict[str, Any]:
     settings = stores.settings
-    names = {settings.queue, *(jt.queue for jt in registry.all())}
-    queues = {name: stores.queue(name) for name in sorted(names)}
+    names = sorted({settings.queue, *(jt.queue for jt in registry.all())})
+    ttl = 2 * settings.scheduler_tick_seconds
     lock = Redlock([stores.redis], f"{settings.redis_prefix}:{settings.db_schema}")
     token = Redlock.new_token("tick")
-    held, _ = await lock.acquire([LOCK_NAME], token, LOCK_SECONDS)
-    if not held:
-        return {"skipped": True, "reason": "another tick holds the lock"}
-    pool = await stores.pool()
-    async with pool.acquire() as conn:
-        try:
+    try:
+        # Inside the try: a failure between acquiring and the end still releases.
+        held, _ = await lock.acquire([LOCK_NAME], token, ttl, raise_errors=True)
+        if not held:
+            return {"skipped": True, "reason": "another tick holds the lock"}
+        pool = await stores.pool()
+        async with pool.acquire() as conn:
             store = JobStore(conn)
-            summary = Summary()
-            summary.promoted = await promote_due(store, queues,
-                                                 settings.schedule_lookahead_seconds)
-            for queue in queues.values():
-                while True:
-                    part = await recover_expired(store, queue)
-                    summary.add(part)
-                    if not (part.recovered or part.dead_lettered or part.cancelled):
-                        break
-            summary.add(await reconcile(store, queues, settings.lease_seconds,
-                                        settings.reconcile_page_size))
-            summary.depth = {name: await q.depth() for name, q in queues.items()}
+            lifecycle = Lifecycle(store, stores.queue)
+            promoted = await promote(lifecycle, settings.schedule_lookahead_seconds)
+            await lock.extend([LOCK_NAME], token, ttl)
+            recovered = Recovered()
+            for name in names:
+                part = await recover(lifecycle, stores.queue(name))
+                recovered.requeued += part.requeued
+                recovered.dead_lettered += part.dead_lettered
+                recovered.cancelled += part.cancelled
+            await lock.extend([LOCK_NAME], token, ttl)
+            reconciled = await reconcile(store, stores.queue, settings.lease_seconds,
+                                         settings.reconcile_page_size)
+            depth = {name: await stores.queue(name).depth() for name in names}
             # Inside the lock: one publisher at a time (see functions/scheduler/publish.py).
-            published = await publish(stores, store, registry.names(), summary)
-        finally:
-            await lock.release([LOCK_NAME], token)
-    return {"skipped": False, **asdict(summary), "metrics_published": published}
+            published = await publish(stores, store, registry.names(), recovered, depth)
+    finally:
+        await lock.release([LOCK_NAME], token)
+    return {"skipped": False, **asdict(promoted), "recovered": recovered.requeued,
+            "dead_lettered": recovered.dead_lettered, "cancelled": recovered.cancelled,
+            **asdict(reconciled), "depth": depth, "metrics_published": published}

@@ -1,8 +1,8 @@
-"""Creating and steering jobs: the verbs the API (and any Python caller) uses.
+"""Creating, reading and steering jobs: the verbs the API (and any Python caller) uses.
 
-Enqueue commits the row first, then pushes to Redis. If the push fails the row goes back
-to PENDING and the scheduler's sweep enqueues it later: the caller still gets its job,
-and nothing is lost (the status column is the outbox).
+The service checks input (job type, payload model, bounds, idempotency) and reads; every
+state change goes through ``shared.core.lifecycle`` (PostgreSQL first, then Redis). The API
+routes call this service, never the stores.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
-from shared.api_schemas import JobCreate
+from shared.api_schemas import MAX_PAYLOAD_DEPTH, JobCreate
 from shared.connections import Stores
+from shared.core.lifecycle import Lifecycle
 from shared.core.status import Status
 from shared.errors import Conflict, IdempotencyConflict, NotFound, ValidationFailed
 from shared.observability.logs import get_logger
-from shared.queue.redis_queue import Placement
 from shared.registry import Registry
 from shared.store.jobs import JobStore, NewJob, Row
 
@@ -113,6 +112,24 @@ def _unstorable(payload: Any) -> tuple[list[str | int], str] | None:
     return None
 
 
+def _deeper_than(payload: Any, limit: int) -> list[str | int] | None:
+    """The path to the first value nested more than ``limit`` levels deep, or None.
+
+    Iterative, and run before pydantic sees the payload: its serializer gives up (a 500)
+    somewhere past 255 levels, and nothing legitimate nests that deep.
+    """
+    todo: list[tuple[Any, list[str | int]]] = [(payload, [])]
+    while todo:
+        value, path = todo.pop()
+        if isinstance(value, dict | list) and len(path) >= limit:
+            return path
+        if isinstance(value, dict):
+            todo.extend((item, [*path, key]) for key, item in value.items())
+        elif isinstance(value, list):
+            todo.extend((item, [*path, i]) for i, item in enumerate(value))
+    return None
+
+
 class JobService:
     def __init__(self, stores: Stores, registry: Registry) -> None:
         self.stores = stores
@@ -130,6 +147,13 @@ class JobService:
                 [{"loc": [*loc, "job_type"], "msg": "unknown job type; known: "
                   + ", ".join(self.registry.names()), "type": "unknown_job_type"}],
             )
+        too_deep = _deeper_than(spec.payload, MAX_PAYLOAD_DEPTH)
+        if too_deep is not None:
+            msg = f"nested deeper than {MAX_PAYLOAD_DEPTH} levels"
+            raise ValidationFailed(
+                f"invalid payload for job_type {spec.job_type!r}: "
+                f"{'.'.join(str(p) for p in [*loc, 'payload', *too_deep])}: {msg}",
+                [{"loc": [*loc, "payload", *too_deep], "msg": msg, "type": "too_deep"}])
         try:
             model = jt.parse(spec.payload)
         except ValidationError as exc:
@@ -192,10 +216,13 @@ class JobService:
             new = [replace(j, idempotency_key=k, request_hash=digest)
                    for j, k in zip(new, keys, strict=True)]
         store = await self.stores.store()
-        rows = await store.insert(new, all_or_nothing=bool(idempotency_key))
+        rows = await self._lifecycle(store).enqueue(new, all_or_nothing=bool(idempotency_key))
         if len(rows) < len(new):
             return await self._replay(store, new, digest), False
-        return await self._push(store, rows), True
+        return rows, True
+
+    def _lifecycle(self, store: JobStore) -> Lifecycle:
+        return Lifecycle(store, self.stores.queue)
 
     async def _replay(self, store: JobStore, new: Sequence[NewJob], digest: str | None
                       ) -> list[Row]:
@@ -211,25 +238,6 @@ class JobService:
             [{"loc": ["header", "Idempotency-Key"], "msg": "key reused with another body",
               "type": "idempotency_conflict"}])
 
-    async def _push(self, store: JobStore, rows: Sequence[Row]) -> list[Row]:
-        by_queue: dict[str, list[Placement]] = {}
-        for r in rows:
-            if r["status"] == Status.QUEUED:
-                by_queue.setdefault(r["queue"], []).append(Placement.of(r))
-        failed: list[uuid.UUID] = []
-        for queue, placements in by_queue.items():
-            try:
-                await self.stores.queue(queue).push(placements)
-            except (RedisError, OSError) as exc:
-                log.warning("redis push failed, jobs left PENDING for the sweep",
-                            extra={"queue": queue, "jobs": len(placements), "error": str(exc)})
-                failed.extend(p.job_id for p in placements)  # type: ignore[misc]
-        if failed:
-            await store.mark_pending(failed, "redis unavailable at enqueue")
-            fetched = {r["id"]: r for r in await store.get_many(failed)}
-            return [fetched.get(r["id"], r) for r in rows]
-        return list(rows)
-
     # --- steer -------------------------------------------------------------------------------
 
     async def get(self, job_id: uuid.UUID) -> asyncpg.Record:
@@ -238,34 +246,35 @@ class JobService:
             raise NotFound(f"job {job_id} not found")
         return row
 
-    async def cancel(self, job_id: uuid.UUID) -> tuple[str, asyncpg.Record]:
+    async def history(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
+        return await (await self.stores.store()).history(job_id)
+
+    async def list_jobs(self, *, status: Status | None = None, job_type: str | None = None,
+                        before_seq: int | None = None, limit: int = 50
+                        ) -> list[asyncpg.Record]:
+        return await (await self.stores.store()).list_jobs(
+            status=status, job_type=job_type, before_seq=before_seq, limit=limit)
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts by status and type (PostgreSQL) and queue depth per queue (Redis)."""
+        data = await (await self.stores.store()).stats()
+        names = {self.settings.queue, *(jt.queue for jt in self.registry.all())}
+        data["queues"] = {name: await self.stores.queue(name).depth() for name in sorted(names)}
+        return data
+
+    async def cancel(self, job_id: uuid.UUID) -> tuple[str, Row]:
         """Cancel at once if waiting; signal the worker if running; 409 if finished."""
-        store = await self.stores.store()
-        outcome, row = await store.cancel(job_id, "cancelled by request")
+        outcome, row = await self._lifecycle(await self.stores.store()).cancel(job_id)
         if row is None:
             raise NotFound(f"job {job_id} not found")
         if outcome == "refused":
             raise Conflict(f"job {job_id} is {row['status']} and can no longer be cancelled")
-        queue = self.stores.queue(row["queue"])
-        try:
-            if outcome == "cancelled":
-                await queue.remove([(row["id"], row["job_type"])])
-            else:
-                await queue.request_cancel(row["id"])
-        except (RedisError, OSError) as exc:
-            # PostgreSQL already holds the decision: a stale Redis entry is refused at claim,
-            # and a running job's worker sees cancel_requested when it settles.
-            log.warning("cancel recorded in PostgreSQL, Redis not told",
-                        extra={"job_id": str(job_id), "job_type": row["job_type"],
-                               "attempt": row["attempts"], "error": str(exc)})
         return outcome, row
 
     async def redrive(self, *, job_ids: Sequence[uuid.UUID] | None = None,
                       job_type: str | None = None) -> list[Row]:
         store = await self.stores.store()
-        rows = await store.redrive(job_ids=job_ids, job_type=job_type)
-        return await self._push(store, list(rows))
+        return await self._lifecycle(store).redrive(job_ids=job_ids, job_type=job_type)
 
     async def purge_dead(self, job_type: str | None = None) -> int:
         return await (await self.stores.store()).purge_dead(job_type)
-

@@ -43,8 +43,8 @@ class Redlock:
     def key(self, name: str) -> str:
         return f"{self.prefix}:{name}"
 
-    async def _each(self, op: str, names: Sequence[str], token: str, ttl_ms: int
-                    ) -> list[list[int] | None]:
+    async def _each(self, op: str, names: Sequence[str], token: str, ttl_ms: int,
+                    raise_errors: bool = False) -> list[list[int] | None]:
         keys = [self.key(n) for n in names]
 
         async def one(i: int) -> list[int] | None:
@@ -52,19 +52,22 @@ class Redlock:
                 return [int(x) for x in await self.scripts[i](keys=keys,
                                                                args=[op, token, ttl_ms])]
             except (aioredis.RedisError, OSError):
+                if raise_errors:
+                    raise
                 return None  # an unreachable node counts as a refusal
 
         return list(await asyncio.gather(*(one(i) for i in range(len(self.clients)))))
 
-    async def acquire(self, names: Sequence[str], token: str, ttl: float
-                      ) -> tuple[list[str], dict[str, float]]:
+    async def acquire(self, names: Sequence[str], token: str, ttl: float, *,
+                      raise_errors: bool = False) -> tuple[list[str], dict[str, float]]:
         """Lock each name. Returns the names now held, and for the others how long (s)
-        until the current holder's lock runs out."""
+        until the current holder's lock runs out. ``raise_errors``: an unreachable node
+        raises instead of counting as a refusal (one node: "Redis is down", not "busy")."""
         if not names:
             return [], {}
         ttl_ms = int(ttl * 1000)
         started = time.monotonic()
-        replies = await self._each("acquire", names, token, ttl_ms)
+        replies = await self._each("acquire", names, token, ttl_ms, raise_errors)
         elapsed_ms = (time.monotonic() - started) * 1000
         validity = ttl_ms - elapsed_ms - ttl_ms * CLOCK_DRIFT_FACTOR - 2
         held: list[str] = []

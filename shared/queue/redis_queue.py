@@ -24,11 +24,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+if TYPE_CHECKING:
+    from shared.core.lifecycle import Move
+
+FAR_FUTURE_MS = 253402300799000  # 9999-12-31T23:59:59Z
 SCALE = 10**14  # ready score = priority * SCALE + seq; exact in a double up to 2**53
 LUA = Path(__file__).with_name("lua")
 
@@ -38,7 +42,14 @@ def ready_score(priority: int, seq: int) -> int:
 
 
 def epoch_ms(moment: datetime | None) -> int:
-    return 0 if moment is None else int(moment.timestamp() * 1000)
+    """Milliseconds since the epoch; 0 (due now) for None. A naive moment can only be
+    asyncpg's decoding of PostgreSQL's -infinity/infinity (datetime.min/max), which the API
+    refuses today but rows written before may hold: due now, or far in the future."""
+    if moment is None:
+        return 0
+    if moment.tzinfo is None:
+        return 0 if moment.year < 1970 else FAR_FUTURE_MS
+    return int(moment.timestamp() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,15 +168,14 @@ class RedisQueue:
         got = await self.redis.blpop([self.k_signal], timeout=max(seconds, 0.001))
         return got is not None
 
-    async def move(self, moves: Sequence[tuple[str, str, str, int, int]],
-                   lock_token: str = "") -> None:
-        """Apply ``(id, type, action, ready_score, due_ms)`` moves out of lease/reaped,
-        releasing each job's lock when ``lock_token`` still holds it."""
+    async def move(self, moves: Sequence[Move], lock_token: str = "") -> None:
+        """Apply moves out of lease/reaped (``shared.core.lifecycle.Move``), releasing each
+        job's lock when ``lock_token`` still holds it."""
         if not moves:
             return
         args: list[Any] = [self.base, lock_token]
         for m in moves:
-            args.extend(m)
+            args.extend(m.args())
         keys = [self.k_types, self.k_delayed, self.k_meta, self.k_lease, self.k_reaped,
                 self.k_cancel, self.k_signal]
         await self._run("move", keys, args)

@@ -14,11 +14,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from shared.core.status import TERMINAL, Status, sources_of
+
+if TYPE_CHECKING:
+    from shared.core.lifecycle import Outcome
 
 # A job as JOB_COLUMNS: a Record from the database, or a dict built from what we inserted.
 Row = Mapping[str, Any] | asyncpg.Record
@@ -84,21 +87,8 @@ class NewJob:
     request_hash: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one attempt ended, to be written under its fencing token."""
-
-    job_id: uuid.UUID
-    attempt: int
-    status: Status  # COMPLETED, RETRYING, FAILED or CANCELLED
-    result: Any = None
-    error: str | None = None
-    run_at: datetime | None = None  # when a RETRYING job is due again
-    reason: str | None = None
-
-
 class JobStore:
-    """Takes a pool, or one connection (the scheduler holds its advisory lock on it)."""
+    """Takes a pool, or one connection (a scheduler tick runs all its passes on one)."""
 
     def __init__(self, pool: asyncpg.Pool | asyncpg.Connection
                  | asyncpg.pool.PoolConnectionProxy) -> None:
@@ -395,27 +385,40 @@ class JobStore:
         """Write many attempts' outcomes in one statement (group commit).
 
         A row is written only if its attempt is still the current one and still
-        PROCESSING; a late worker whose lease was recovered writes nothing. A failure of a
-        job whose cancel was requested ends CANCELLED instead of RETRYING.
+        PROCESSING: a late worker whose lease was recovered writes nothing (fencing). The
+        cancel rule is applied here, where a cancel that lands at any moment is seen: a job
+        whose cancel was accepted ends CANCELLED, whatever its attempt's outcome (a result
+        it produced is kept, and the reason says the attempt finished first). A refunded
+        outcome (graceful shutdown) hands the job back without spending the attempt.
         """
         return await self.pool.fetch(
             """
+            WITH u AS (
+                SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[],
+                                     $5::text[], $6::timestamptz[], $7::text[], $8::bool[])
+                    AS u(id, attempt, status, result, error, run_at, reason, refund)
+            )
             UPDATE jobs j SET
-                status = CASE WHEN j.cancel_requested AND u.status = 'RETRYING'
-                              THEN 'CANCELLED' ELSE u.status END,
-                result = u.result,
-                last_error = u.error,
-                status_reason = u.reason,
+                status = CASE WHEN j.cancel_requested THEN 'CANCELLED' ELSE u.status END,
+                attempts = CASE WHEN u.refund THEN j.attempts - 1 ELSE j.attempts END,
+                result = CASE WHEN u.refund THEN j.result ELSE u.result END,
+                last_error = CASE WHEN u.refund THEN j.last_error ELSE u.error END,
+                status_reason = CASE
+                    WHEN j.cancel_requested AND u.status <> 'CANCELLED'
+                    THEN 'cancelled by request; the attempt ended first: '
+                         || lower(u.status) || coalesce(' (' || u.reason || ')', '')
+                    ELSE u.reason END,
                 run_at = CASE WHEN j.cancel_requested THEN NULL ELSE u.run_at END,
-                finished_at = CASE WHEN u.status = 'RETRYING' AND NOT j.cancel_requested
+                started_at = CASE WHEN u.refund THEN NULL ELSE j.started_at END,
+                finished_at = CASE WHEN u.status IN ('RETRYING', 'QUEUED')
+                                        AND NOT j.cancel_requested
                                    THEN NULL ELSE now() END,
                 lease_owner = NULL,
                 updated_at = now()
-            FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[],
-                        $6::timestamptz[], $7::text[]) AS u(id, attempt, status, result, error,
-                                                          run_at, reason)
+            FROM u
             WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'PROCESSING'
-            RETURNING j.id, j.queue, j.job_type, j.priority, j.seq, j.status, j.run_at""",
+            RETURNING j.id, j.queue, j.job_type, j.priority, j.seq, j.status, j.run_at,
+                      j.attempts""",
             [o.job_id for o in outcomes],
             [o.attempt for o in outcomes],
             [o.status.value for o in outcomes],
@@ -423,22 +426,7 @@ class JobStore:
             [o.error for o in outcomes],
             [o.run_at for o in outcomes],
             [o.reason for o in outcomes],
-        )
-
-    async def release(
-        self, attempts: Sequence[tuple[uuid.UUID, int]], reason: str
-    ) -> list[asyncpg.Record]:
-        """Hand running jobs back without spending an attempt (graceful shutdown)."""
-        return await self.pool.fetch(
-            f"""
-            UPDATE jobs j SET status = 'QUEUED', attempts = j.attempts - 1, lease_owner = NULL,
-                   status_reason = $3, started_at = NULL, updated_at = now()
-            FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
-            WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'PROCESSING'
-            RETURNING {", ".join("j." + c.strip() for c in PLACE_COLUMNS.split(","))}""",
-            [a[0] for a in attempts],
-            [a[1] for a in attempts],
-            reason,
+            [o.refund for o in outcomes],
         )
 
     # --- the scheduler's verbs ------------------------------------------------------------------
@@ -461,38 +449,6 @@ class JobStore:
             RETURNING {PLACE_COLUMNS}""",
             horizon,
             limit,
-        )
-
-    async def recover(self, job_ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
-        """Decide the fate of jobs whose lease expired (their worker is presumed dead).
-
-        PROCESSING jobs go back to QUEUED, or to FAILED (dead letter) when their attempts
-        are spent, or to CANCELLED when a cancel was pending. Jobs still QUEUED/RETRYING
-        (claimed in Redis, never started) are returned unchanged so Redis can re-place them.
-        """
-        return await self.pool.fetch(
-            f"""
-            WITH recovered AS (
-                UPDATE jobs SET
-                    status = CASE WHEN cancel_requested THEN 'CANCELLED'
-                                  WHEN attempts > max_retries THEN 'FAILED'
-                                  ELSE 'QUEUED' END,
-                    last_error = CASE WHEN cancel_requested THEN last_error
-                                 ELSE 'lease expired: worker ' || coalesce(lease_owner, '?')
-                                      || ' stopped heartbeating' END,
-                    status_reason = 'lease expired',
-                    finished_at = CASE WHEN cancel_requested OR attempts > max_retries
-                                       THEN now() END,
-                    lease_owner = NULL,
-                    updated_at = now()
-                WHERE id = ANY($1::uuid[]) AND status = 'PROCESSING'
-                RETURNING {PLACE_COLUMNS}
-            )
-            SELECT * FROM recovered
-            UNION ALL
-            SELECT {PLACE_COLUMNS} FROM jobs
-            WHERE id = ANY($1::uuid[]) AND status = ANY('{{QUEUED,RETRYING}}')""",
-            list(job_ids),
         )
 
     async def active_page(self, after_seq: int, limit: int) -> list[asyncpg.Record]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from shared.registry import Backoff, JobContext, PermanentError, RetryableError, job_type
 
@@ -75,3 +75,24 @@ async def broken(payload: Nothing, ctx: JobContext) -> None:
     """Always raise an unexpected error."""
     await _record(ctx, payload.tag)
     raise ValueError("boom")
+
+
+class Doomed(BaseModel):
+    seconds: float = 0.0
+    boom_in_worker: bool = False
+
+    @model_validator(mode="after")
+    def _explode_outside_the_handler(self) -> Doomed:
+        # Not a ValueError: pydantic lets a TypeError through, as a bug in a user's model
+        # would. The API never sees it (the flag is set in the row afterwards).
+        if self.boom_in_worker:
+            raise TypeError("a bug in the payload model")
+        return self
+
+
+@job_type("doomed", Doomed, max_retries=1, backoff=Backoff(base=0.1, factor=1.0, jitter=0.0))
+async def doomed(payload: Doomed, ctx: JobContext) -> None:
+    """Sleep, then fail for good (the cancel rule must still win if a cancel came first)."""
+    await _record(ctx, None)
+    await asyncio.sleep(payload.seconds)
+    raise PermanentError("this job can never succeed")

@@ -68,3 +68,57 @@ def redis_servers(n: int = 1) -> Iterator[list[RedisServer]]:
     finally:
         for s in servers:
             s.stop()
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (Debian's binaries) on a free loopback port, for tests
+    that stop, restart or hold the server in a state the shared one must never be in.
+
+    Runs as the ``postgres`` user when started as root (initdb refuses root), with fsync off:
+    these tests are about availability, not durability.
+    """
+
+    def __init__(self, *, standby: bool = False) -> None:
+        import glob
+        import os
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            raise RuntimeError("PostgreSQL binaries not found (Debian package postgresql)")
+        self.bin = os.path.dirname(found[-1])
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="ajs-pg-")
+        self.data = os.path.join(self.dir, "data")
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        subprocess.run([*self._as, f"{self.bin}/initdb", "-D", self.data, "-U", "postgres",
+                        "-A", "trust", "--no-sync"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        if standby:
+            # A standby without hot standby refuses every connection with SQLSTATE 57P03
+            # ("the database system is not accepting connections"), for as long as it runs.
+            with open(os.path.join(self.data, "standby.signal"), "w"):
+                pass
+            with open(os.path.join(self.data, "postgresql.conf"), "a") as conf:
+                conf.write("\nhot_standby = off\n")
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        subprocess.run([*self._as, f"{self.bin}/pg_ctl", "-D", self.data, "-l",
+                        f"{self.dir}/log", "-w", "-t", "30", "-o",
+                        f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off", "start"], check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run([*self._as, f"{self.bin}/pg_ctl", "-D", self.data, "-m", mode, "-w",
+                        "stop"], check=False, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
