@@ -95,6 +95,9 @@ class JobType:
     rate_limit: tuple[int, float] | None = None  # (starts, per seconds)
     concurrency_limit: int | None = None
     queue: str = "default"
+    # Seconds a finished job of this type is kept, by status ("COMPLETED", "FAILED",
+    # "CANCELLED"; 0: for ever); the AJS_RETENTION_* settings for any status not given.
+    retention: dict[str, float] | None = None
 
     @property
     def limit(self) -> TypeLimit:
@@ -117,6 +120,10 @@ class Registry:
             raise ValueError(f"job type {jt.name!r}: rate_limit must be (n >= 1, seconds > 0)")
         if jt.concurrency_limit is not None and jt.concurrency_limit < 1:
             raise ValueError(f"job type {jt.name!r}: concurrency_limit must be >= 1")
+        for status, seconds in (jt.retention or {}).items():
+            if status not in ("COMPLETED", "FAILED", "CANCELLED") or seconds < 0:
+                raise ValueError(f"job type {jt.name!r}: retention maps COMPLETED, FAILED or "
+                                 "CANCELLED to seconds >= 0")
         if "|" in jt.name or ":" in jt.name or not jt.name:
             raise ValueError(f"job type name {jt.name!r} must be non-empty without '|' or ':'")
         self._types[jt.name] = jt

@@ -13,8 +13,17 @@ import socket
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.scopes import NAMESPACE_PATTERN, ScopeName
+
+
+class IamGrant(BaseModel):
+    """What an IAM principal may do behind API Gateway's IAM authorizer."""
+
+    scopes: list[ScopeName] = Field(min_length=1)
+    namespace: str | None = Field(None, pattern=NAMESPACE_PATTERN)
 
 
 class Settings(BaseSettings):
@@ -104,7 +113,44 @@ class Settings(BaseSettings):
         description="Host headers the API answers (a leading '*.' matches subdomains); "
         "others get 400. Empty: any host. Comma-separated in the environment.")
 
+    # --- access control -------------------------------------------------------------------
+    auth_disabled: bool = Field(
+        False, description="Every request is an unbound admin: no credential is checked. "
+        "Only for a private machine; never the default.")
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, le=300, description="How long a process trusts an API key lookup; a "
+        "revoked key stops working within this time.")
+    auth_jwt_scope_prefix: str = Field(
+        "", max_length=200, description="Behind the JWT authorizer: the prefix of our scopes "
+        "in the token (a Cognito resource server's 'https://jobs.example.com/'); others "
+        "are ignored.")
+    auth_jwt_namespace_claim: str = Field(
+        "ajs_namespace", min_length=1, max_length=100,
+        description="Behind the JWT authorizer: the claim holding the caller's namespace "
+        "(absent: unbound).")
+    auth_iam_principals: dict[str, IamGrant] = Field(
+        default_factory=dict,
+        description="Behind the IAM authorizer: JSON mapping an IAM user or role ARN "
+        "(arn:aws:iam::ACCOUNT:role/NAME) to {\"scopes\": [...], \"namespace\": ...}; "
+        "other principals get 403.")
+
     # --- scheduler function ---------------------------------------------------------------
+    retention_completed_seconds: float = Field(
+        7 * 86400, ge=0, description="Finished jobs (and their history) are deleted this long "
+        "after they finished: COMPLETED. 0 keeps them for ever. Per job type: retention=.")
+    retention_cancelled_seconds: float = Field(
+        7 * 86400, ge=0, description="The same for CANCELLED jobs.")
+    retention_failed_seconds: float = Field(
+        30 * 86400, ge=0, description="The same for FAILED jobs (the dead letter queue).")
+    idempotency_window_seconds: float = Field(
+        86400, ge=0, description="A job created with an Idempotency-Key outlives its "
+        "retention until this long after its creation, so a retry still finds it.")
+    retention_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Jobs one retention statement deletes (one "
+        "short transaction each).")
+    retention_max_per_tick: int = Field(
+        100_000, ge=0, description="Most jobs one scheduler tick deletes; a backlog takes "
+        "several ticks.")
     scheduler_tick_seconds: float = Field(
         60.0, gt=0, description="How often the scheduler function runs (EventBridge: 60). "
         "Its lock lives twice this, so a tick whose process died blocks the next one at most "

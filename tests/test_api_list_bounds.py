@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from shared.settings import Settings
+from tests.conftest import admin_headers
 from tests.support.api_checks import error_of
 from tests.support.job_api import PREFIX
 from tests.support.servers import free_port
@@ -30,8 +31,8 @@ async def small_pages(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     from functions.api.app import create_app
 
     app = create_app(settings.model_copy(update={"api_page_max_bytes": BUDGET}))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://api") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
+                                 headers=await admin_headers(settings)) as client:
         yield client
     await app.state.stores.close()
 
@@ -120,7 +121,8 @@ async def test_concurrent_lists_of_large_jobs_keep_the_api_small(settings, spawn
     proc = await spawn("-m", "uvicorn", "--factory", "functions.api.app:create_app",
                        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning")
     base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=60,
+                                 headers=await admin_headers(settings)) as client:
         async def up() -> bool:
             with contextlib.suppress(httpx.HTTPError):
                 return (await client.get(f"{PREFIX}/health")).status_code == 200

@@ -9,7 +9,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from shared.settings import Settings
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, admin_headers
 from tests.support.job_api import PREFIX
 
 
@@ -32,7 +32,8 @@ async def test_a_burst_beyond_the_pool_waits_and_opens_no_more_connections(
         "api_redis_max_connections": 3}))
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://api") as api:
+                                     base_url="http://api",
+                                     headers=await admin_headers(settings)) as api:
             answers = await asyncio.gather(*(api.get(f"{PREFIX}/health") for _ in range(40)),
                                            *(api.get(f"{PREFIX}/jobs/stats") for _ in range(10)))
             assert [a.status_code for a in answers] == [200] * 50

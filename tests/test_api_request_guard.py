@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import admin_headers
 from tests.support.api_checks import error_of, job_count, locs, redis_state
 from tests.support.job_api import PREFIX, create
 from tests.support.waits import eventually
@@ -106,9 +107,10 @@ async def host_checked(settings: Any) -> Any:
     ("api.example.com", 200), ("API.example.com:8443", 200), ("jobs.internal", 200),
     ("evil.example", 400), ("api.example.com.evil.example", 400), ("internal", 400),
     ("", 400)])
-async def test_only_allowed_hosts_are_served(host_checked, host, status):
+async def test_only_allowed_hosts_are_served(host_checked, settings, host, status):
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=host_checked),
-                                 base_url="http://api") as client:
+                                 base_url="http://api",
+                                 headers=await admin_headers(settings)) as client:
         resp = await client.get(f"{PREFIX}/job-types", headers={"Host": host})
     if status == 200:
         assert resp.status_code == 200, resp.text
@@ -138,9 +140,10 @@ async def test_a_malformed_job_id_is_still_422_naming_it(api):
             ["path", "job_id"]]
 
 
-async def test_an_origin_among_the_allowed_hosts_may_change_state(host_checked, db):
+async def test_an_origin_among_the_allowed_hosts_may_change_state(host_checked, settings, db):
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=host_checked),
-                                 base_url="http://api.example.com") as client:
+                                 base_url="http://api.example.com",
+                                 headers=await admin_headers(settings)) as client:
         ok = await client.post(JOBS, json={"job_type": "noop"},
                                headers={"Origin": "https://ui.internal"})
         assert ok.status_code == 201, ok.text

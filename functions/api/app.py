@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from functions.api import dead_letters, docs_pages, errors, health, job_types, jobs
+from functions.api import auth, dead_letters, docs_pages, errors, health, job_types, jobs
 from functions.api.body_limit import BodyLimit
 from functions.api.metrics import RequestMetrics
 from functions.api.request_guard import RequestGuard
@@ -49,10 +49,13 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     app.state.settings = settings
     app.state.stores = stores
     app.state.service = JobService(stores, registry)
-    errors.install(app, hosts_checked=bool(settings.api_allowed_hosts))
+    errors.install(app)
     docs_pages.install(app, prefix)
-    for router in (jobs.router, dead_letters.router, health.router, job_types.router):
+    routers = (jobs.router, dead_letters.router, health.router, job_types.router)
+    for router in routers:
         app.include_router(router, prefix=prefix)
+    auth.install(app, settings, stores, routers)  # refuses a route that declares no scope
+    errors.document_refusals(app, hosts_checked=bool(settings.api_allowed_hosts))
     app.add_middleware(BodyLimit, limit=settings.max_payload_bytes,
                        batch_limit=5 * 1024 * 1024)
     # Before the body is read: a refused request costs no body.

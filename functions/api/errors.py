@@ -62,10 +62,9 @@ def _refusals_of(path: str, method: str, operation: dict[str, Any],
     return codes
 
 
-def _document_one_error_shape(app: FastAPI, hosts_checked: bool) -> None:
+def _document_one_error_shape(app: FastAPI) -> None:
     """FastAPI documents its own 422 body (``HTTPValidationError``) on every route that takes
-    parameters; ours is ``ErrorResponse``. Point the schema at the shape clients receive,
-    and add the refusals the middleware makes."""
+    parameters; ours is ``ErrorResponse``. Point the schema at the shape clients receive."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -73,15 +72,8 @@ def _document_one_error_shape(app: FastAPI, hosts_checked: bool) -> None:
             return app.openapi_schema
         schema = build()
         ours = {"$ref": "#/components/schemas/ErrorResponse"}
-        for path, operations in schema.get("paths", {}).items():
-            for method, operation in operations.items():
-                responses = operation.setdefault("responses", {})
-                for refusal in _refusals_of(path, method, operation, hosts_checked):
-                    code = refusal.split("-")[0]
-                    documented = responses.setdefault(code, {
-                        "description": "", "content": {"application/json": {"schema": ours}}})
-                    documented["description"] = " ".join(
-                        filter(None, (documented["description"], _REFUSALS[refusal])))
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
                 invalid = operation.get("responses", {}).get("422", {})
                 body = invalid.get("content", {}).get("application/json", {})
                 if body.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
@@ -106,12 +98,37 @@ def _allowed_methods(request: Request) -> list[str]:
                    for route in request.app.router.routes)]
 
 
-def install(app: FastAPI, *, hosts_checked: bool = False) -> None:
-    _document_one_error_shape(app, hosts_checked)
+def document_refusals(app: FastAPI, *, hosts_checked: bool) -> None:
+    """Add the middleware's refusals to each operation they can reach. Installed after
+    every other document hook, so a status someone else documents (auth's 403) keeps its
+    description and gains ours."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        ours = {"$ref": "#/components/schemas/ErrorResponse"}
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                responses = operation.setdefault("responses", {})
+                for refusal in _refusals_of(path, method, operation, hosts_checked):
+                    code = refusal.split("-")[0]
+                    documented = responses.setdefault(code, {
+                        "description": "", "content": {"application/json": {"schema": ours}}})
+                    documented["description"] = " ".join(
+                        filter(None, (documented["description"], _REFUSALS[refusal])))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def install(app: FastAPI) -> None:
+    _document_one_error_shape(app)
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

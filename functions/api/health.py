@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from functions.api.auth import Public
 from functions.api.deps import Service
 from functions.api.errors import error_response
 from shared.api_schemas import ErrorResponse, Health
@@ -18,7 +19,10 @@ log = get_logger("api")
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_model=Health,
+# Public: load balancers and uptime checks call it without a credential, so it says which
+# store failed and whether it refused or timed out, never a host, port, exception or
+# message (those are logged).
+@router.get("/health", response_model=Health, dependencies=[Public()],
             responses={503: {"model": ErrorResponse, "description": "A dependency failed"}})
 async def health(service: Service) -> Health | JSONResponse:
     timeout = service.settings.health_timeout
@@ -35,8 +39,6 @@ async def health(service: Service) -> Health | JSONResponse:
             await asyncio.wait_for(probe(), timeout)
             return "ok"
         except Exception as exc:  # any failure: report it, never raise
-            # The answer names the store only: exception text carries addresses, ports
-            # and user names, which are for the operator's log, not for any caller.
             log.warning("health probe failed", extra={"store": probe.__name__,
                                                       "error": repr(exc)})
             return "timed out" if isinstance(exc, TimeoutError) else "unreachable"

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from functions.api import batch_body, listing
+from functions.api.auth import READ, WRITE, Caller, Scope
 from functions.api.deps import JobTypeFilter, Service
 from functions.api.listing import Cursor, Fields, FieldsQuery, Limit
 from shared.api_schemas import (
@@ -60,11 +61,11 @@ REPLAYED = {"Idempotent-Replayed": {"description": "true: an earlier request wit
         "description": "The job's URL", "schema": {"type": "string"}}}},
     200: {"model": JobOut, "description": "Idempotent replay: the job made earlier",
           "headers": REPLAYED}},
-    summary="Create a job")
-async def create_job(spec: JobCreate, service: Service, response: Response,
+    summary="Create a job", dependencies=[Scope(WRITE)])
+async def create_job(spec: JobCreate, service: Service, response: Response, caller: Caller,
                      idempotency_key: IdempotencyKey = None) -> JobOut:
     _check_payload_sizes([spec], service.settings.max_payload_bytes, batch=False)
-    row, created = await service.create(spec, idempotency_key)
+    row, created = await service.create(spec, idempotency_key, namespace=caller.namespace)
     job = JobOut.of(row)
     response.headers["Location"] = f"{service.settings.api_prefix}/jobs/{job.id}"
     if created:
@@ -79,13 +80,14 @@ async def create_job(spec: JobCreate, service: Service, response: Response,
     **errors(409, 413, 422),
     200: {"model": BatchResult, "description": "Idempotent replay: the jobs made earlier",
           "headers": REPLAYED}},
-             summary="Create up to 1,000 jobs, all or nothing",
+             summary="Create up to 1,000 jobs, all or nothing", dependencies=[Scope(WRITE)],
              openapi_extra=batch_body.request_body_schema())
-async def create_batch(request: Request, service: Service,
+async def create_batch(request: Request, service: Service, caller: Caller,
                        idempotency_key: IdempotencyKey = None) -> Response:
     batch = await batch_body.parse_batch(await request.body())
     _check_payload_sizes(batch.jobs, service.settings.max_payload_bytes, batch=True)
-    rows, created = await service.create_many(batch.jobs, idempotency_key)
+    rows, created = await service.create_many(batch.jobs, idempotency_key,
+                                              namespace=caller.namespace)
     result = BatchResult(jobs=[JobOut.of(r) for r in rows])
     headers = {}
     if created:
@@ -99,9 +101,10 @@ async def create_batch(request: Request, service: Service,
                     headers=headers, media_type="application/json")
 
 
-@router.get("/stats", response_model=Stats, summary="Counts, queue depth, success rate")
-async def stats(service: Service) -> Stats:
-    data = await service.stats()
+@router.get("/stats", response_model=Stats, summary="Counts, queue depth, success rate",
+            dependencies=[Scope(READ)])
+async def stats(service: Service, caller: Caller) -> Stats:
+    data = await service.stats(caller.namespace)
     queues = {name: QueueStats(ready_by_priority=depth["ready_by_priority"],
                                delayed=depth["delayed"], processing=depth["leased"])
               for name, depth in data["queues"].items()}
@@ -114,10 +117,12 @@ async def stats(service: Service) -> Stats:
 
 
 @router.get("", response_model=JobPage, responses=errors(422),
-            summary="List jobs, newest first (pages bounded in count and bytes)")
-@router.get("/", response_model=JobPage, include_in_schema=False)
+            summary="List jobs, newest first (pages bounded in count and bytes)",
+            dependencies=[Scope(READ)])
+@router.get("/", response_model=JobPage, include_in_schema=False, dependencies=[Scope(READ)])
 async def list_jobs(
     service: Service,
+    caller: Caller,
     status: Status | None = None,
     job_type: JobTypeFilter = None,
     limit: Limit = 50,
@@ -125,13 +130,13 @@ async def list_jobs(
     fields: FieldsQuery = Fields.full,
 ) -> Response:
     return await listing.page(service, status=status, job_type=job_type, limit=limit,
-                              cursor=cursor, fields=fields)
+                              cursor=cursor, fields=fields, namespace=caller.namespace)
 
 
 @router.get("/{job_id:job_id}", response_model=JobDetail, responses=errors(404, 422),
-            summary="Get a job")
-async def get_job(job_id: uuid.UUID, service: Service) -> JobDetail:
-    row = await service.get(job_id)
+            summary="Get a job", dependencies=[Scope(READ)])
+async def get_job(job_id: uuid.UUID, service: Service, caller: Caller) -> JobDetail:
+    row = await service.get(job_id, caller.namespace)
     history = await service.history(job_id)
     return JobDetail(**JobOut.of(row).model_dump(),
                      history=[Transition.model_validate(dict(h)) for h in history])
@@ -140,9 +145,10 @@ async def get_job(job_id: uuid.UUID, service: Service) -> JobDetail:
 @router.delete("/{job_id:job_id}", response_model=JobOut, responses={
     **errors(404, 409, 422),
     202: {"model": JobOut, "description": "Running: its worker was signalled"}},
-    summary="Cancel a job")
-async def cancel_job(job_id: uuid.UUID, service: Service, response: Response) -> JobOut:
-    outcome, row = await service.cancel(job_id)
+    summary="Cancel a job", dependencies=[Scope(WRITE)])
+async def cancel_job(job_id: uuid.UUID, service: Service, response: Response,
+                     caller: Caller) -> JobOut:
+    outcome, row = await service.cancel(job_id, caller.namespace)
     if outcome == "requested":
         response.status_code = 202
     return JobOut.of(row)

@@ -34,7 +34,8 @@ Cursor = Annotated[str | None, Query(max_length=64,
 
 
 async def page(service: JobService, *, status: Status | None, job_type: str | None,
-               limit: int, cursor: str | None, fields: Fields) -> Response:
+               limit: int, cursor: str | None, fields: Fields,
+               namespace: str | None) -> Response:
     """The page as JSON bytes: encoded once, item by item, never as one big dict."""
     budget = service.settings.api_page_max_bytes
     summary = fields is Fields.summary
@@ -43,7 +44,8 @@ async def page(service: JobService, *, status: Status | None, job_type: str | No
     # counted here, where each item is encoded exactly as it is sent.
     rows, more = await store.list_page(status=status, job_type=job_type,
                                        before_seq=decode_cursor(cursor), limit=limit,
-                                       max_bytes=budget, summary=summary)
+                                       max_bytes=budget, summary=summary,
+                                       namespace=namespace)
     model = JobSummary if summary else JobOut
     items: list[bytes] = []
     size = len(b'{"items":[],"next_cursor":""}') + 32  # the envelope and a cursor
