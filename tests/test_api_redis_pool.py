@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from shared.settings import Settings
 from tests.conftest import REDIS_URL, admin_headers
+from tests.support.api_checks import error_of
 from tests.support.job_api import PREFIX
 
 
@@ -42,3 +43,29 @@ async def test_a_burst_beyond_the_pool_waits_and_opens_no_more_connections(
     finally:
         await app.state.stores.close()
     assert await named_connections(namespace) == 0
+
+
+async def test_no_free_connection_within_the_pool_timeout_is_a_503(settings: Settings) -> None:
+    from functions.api.app import create_app
+
+    app = create_app(settings.model_copy(update={"api_redis_max_connections": 1,
+                                                 "api_redis_pool_timeout": 0.2}))
+    pool = app.state.stores.redis.connection_pool
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api",
+                                     headers=await admin_headers(settings)) as api:
+            held = await pool.get_connection()  # the only one
+            try:
+                started = asyncio.get_running_loop().time()
+                busy = await api.get(f"{PREFIX}/jobs/stats")
+                waited = asyncio.get_running_loop().time() - started
+            finally:
+                await pool.release(held)
+            error = error_of(busy, 503)
+            assert error["details"][0]["loc"] == ["redis"]
+            assert busy.headers["Retry-After"] == "1"
+            assert 0.2 <= waited < 2
+            assert (await api.get(f"{PREFIX}/jobs/stats")).status_code == 200
+    finally:
+        await app.state.stores.close()
