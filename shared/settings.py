@@ -213,10 +213,30 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="Larger images are refused as decompression bombs.")
     image_max_bytes: int = Field(50 * 1024 * 1024, ge=1,
                                  description="Larger source files are not read.")
+    image_memory_budget_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="Decoded image memory all image_processing jobs "
+        "of one worker may hold at once (4 bytes a pixel); jobs wait for their share, and an "
+        "image that needs more than all of it fails. Default fits a 1 GiB worker.")
     data_max_groups: int = Field(
         100_000, ge=1, description="Distinct group_by keys one job may hold in memory.")
+    data_max_line_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Longest csv or jsonl line (characters) and csv "
+        "field a data_processing source may hold.")
+    data_max_rows: int = Field(10_000_000, ge=1, description="Most rows one data_processing "
+                               "job reads.")
+    data_max_source_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Largest data_processing source object in S3.")
+    s3_write_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="s3://bucket/prefix locations jobs may write to (comma-separated; '*' "
+        "allows any). Set: other destinations are refused at create time (422) and by the "
+        "worker. Empty: the worker writes only under s3://AJS_REPORTS_BUCKET/.")
+    payload_key: str = Field(
+        "", description="Fernet key(s) sealing webhook credentials (headers, URL userinfo) "
+        "in stored payloads; comma-separated to rotate (the first seals). Empty: payloads "
+        "with credentials are refused (422).")
 
-    @field_validator("webhook_allowlist", mode="before")
+    @field_validator("webhook_allowlist", "s3_write_prefixes", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
@@ -230,6 +250,16 @@ class Settings(BaseSettings):
 
         for net in value:
             ipaddress.ip_network(net, strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("s3_write_prefixes")
+    @classmethod
+    def _check_prefixes(cls, value: list[str]) -> list[str]:
+        from shared.job_types.s3uri import split_prefix
+
+        for entry in value:
+            if entry != "*":
+                split_prefix(entry)  # ValueError names the bad entry
         return value
     # --- end job types --------------------------------------------------------------------
 

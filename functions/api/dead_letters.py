@@ -53,7 +53,7 @@ async def redrive_one(job_id: uuid.UUID, service: Service, caller: Caller) -> Jo
     if not rows:
         row = await service.get(job_id, caller.namespace)  # 404 if unknown (or not ours)
         raise Conflict(f"job {job_id} is {row['status']}, not in the dead letter queue")
-    return JobOut.of(await service.get(job_id, caller.namespace))
+    return JobOut.of(service.registry.redacted(await service.get(job_id, caller.namespace)))
 
 
 @router.delete("", response_model=CountResult, summary="Purge dead jobs (optionally of a type)",

@@ -66,7 +66,7 @@ async def create_job(spec: JobCreate, service: Service, response: Response, call
                      idempotency_key: IdempotencyKey = None) -> JobOut:
     _check_payload_sizes([spec], service.settings.max_payload_bytes, batch=False)
     row, created = await service.create(spec, idempotency_key, namespace=caller.namespace)
-    job = JobOut.of(row)
+    job = JobOut.of(service.registry.redacted(row))
     response.headers["Location"] = f"{service.settings.api_prefix}/jobs/{job.id}"
     if created:
         metrics.jobs_created_total.labels(job.job_type).inc()
@@ -88,7 +88,7 @@ async def create_batch(request: Request, service: Service, caller: Caller,
     _check_payload_sizes(batch.jobs, service.settings.max_payload_bytes, batch=True)
     rows, created = await service.create_many(batch.jobs, idempotency_key,
                                               namespace=caller.namespace)
-    result = BatchResult(jobs=[JobOut.of(r) for r in rows])
+    result = BatchResult(jobs=[JobOut.of(service.registry.redacted(r)) for r in rows])
     headers = {}
     if created:
         for job in result.jobs:
@@ -138,7 +138,7 @@ async def list_jobs(
 async def get_job(job_id: uuid.UUID, service: Service, caller: Caller) -> JobDetail:
     row = await service.get(job_id, caller.namespace)
     history = await service.history(job_id)
-    return JobDetail(**JobOut.of(row).model_dump(),
+    return JobDetail(**JobOut.of(service.registry.redacted(row)).model_dump(),
                      history=[Transition.model_validate(dict(h)) for h in history])
 
 
@@ -151,4 +151,4 @@ async def cancel_job(job_id: uuid.UUID, service: Service, response: Response,
     outcome, row = await service.cancel(job_id, caller.namespace)
     if outcome == "requested":
         response.status_code = 202
-    return JobOut.of(row)
+    return JobOut.of(service.registry.redacted(row))

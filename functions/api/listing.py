@@ -36,7 +36,8 @@ Cursor = Annotated[str | None, Query(max_length=64,
 async def page(service: JobService, *, status: Status | None, job_type: str | None,
                limit: int, cursor: str | None, fields: Fields,
                namespace: str | None) -> Response:
-    """The page as JSON bytes: encoded once, item by item, never as one big dict."""
+    """The page as JSON bytes: encoded once, item by item (each payload as its type redacts
+    it), never as one big dict."""
     budget = service.settings.api_page_max_bytes
     summary = fields is Fields.summary
     store = await service.stores.store()
@@ -51,7 +52,7 @@ async def page(service: JobService, *, status: Status | None, job_type: str | No
     size = len(b'{"items":[],"next_cursor":""}') + 32  # the envelope and a cursor
     last_seq = None
     for i, row in enumerate(rows):
-        item = model.of(row).model_dump_json().encode()
+        item = model.of(service.registry.redacted(row)).model_dump_json().encode()
         if items and size + len(item) + 1 > budget:
             more = True
             break

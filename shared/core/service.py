@@ -155,7 +155,7 @@ class JobService:
                 f"{'.'.join(str(p) for p in [*loc, 'payload', *too_deep])}: {msg}",
                 [{"loc": [*loc, "payload", *too_deep], "msg": msg, "type": "too_deep"}])
         try:
-            model = jt.parse(spec.payload)
+            model = jt.parse(spec.payload, self.settings)
         except ValidationError as exc:
             raise _payload_invalid(spec, loc, exc) from None
         # Checked on the python dump: the JSON dump would silently turn NaN into null.
@@ -167,6 +167,7 @@ class JobService:
                 f"{'.'.join(str(p) for p in [*loc, 'payload', *where])}: {msg}",
                 [{"loc": [*loc, "payload", *where], "msg": msg, "type": "json_invalid"}])
         payload = model.model_dump(mode="json", exclude_unset=True)
+        payload = jt.seal(payload, self.settings)  # stored form: credentials encrypted
         status = Status.QUEUED
         if spec.scheduled_at is not None:
             horizon = now + timedelta(seconds=self.settings.schedule_lookahead_seconds)
