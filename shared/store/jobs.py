@@ -71,6 +71,27 @@ def _new_row(job_id: uuid.UUID, job: NewJob, made: asyncpg.Record) -> dict[str, 
     }
 
 
+def _list_filter(status: Status | None, job_type: str | None, before_seq: int | None,
+                 namespace: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause of a list and its arguments ($1, $2, ...).
+
+    Only the filters given go into the clause (each from a fixed fragment, values always as
+    parameters): ``($1 IS NULL OR status = $1)`` would keep PostgreSQL from using the
+    status index.
+    """
+    fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
+                 "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
+    given = {"status": status.value if status else None, "job_type": job_type,
+             "before_seq": before_seq, "namespace": namespace}
+    where: list[str] = []
+    args: list[Any] = []
+    for name, value in given.items():
+        if value is not None:
+            args.append(value)
+            where.append(fragments[name].format(len(args)))
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
+
+
 class _Incomplete(Exception):
     """Raised inside the insert transaction to roll it back."""
 
@@ -171,23 +192,9 @@ class JobStore:
         limit: int = 50,
         namespace: str | None = None,
     ) -> list[asyncpg.Record]:
-        """Newest first; ``before_seq`` is the keyset cursor (stable under inserts).
-
-        Only the filters given go into the WHERE clause (each from a fixed fragment, values
-        always as parameters): ``($1 IS NULL OR status = $1)`` would keep PostgreSQL from
-        using the status index.
-        """
-        fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
-                     "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
-        given = {"status": status.value if status else None, "job_type": job_type,
-                 "before_seq": before_seq, "namespace": namespace}
-        where, args = [], []
-        for name, value in given.items():
-            if value is not None:
-                args.append(value)
-                where.append(fragments[name].format(len(args)))
+        """Newest first; ``before_seq`` is the keyset cursor (stable under inserts)."""
+        clause, args = _list_filter(status, job_type, before_seq, namespace)
         args.append(limit)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
         return await self.pool.fetch(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ${len(args)}",
             *args)
@@ -203,16 +210,7 @@ class JobStore:
         The size is summed in PostgreSQL so that rows beyond the budget never reach this
         process: 500 jobs of 256 KiB would otherwise be 128 MB in memory for a 1 MB page.
         """
-        fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
-                     "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
-        given = {"status": status.value if status else None, "job_type": job_type,
-                 "before_seq": before_seq, "namespace": namespace}
-        where, args = [], []
-        for name, value in given.items():
-            if value is not None:
-                args.append(value)
-                where.append(fragments[name].format(len(args)))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _list_filter(status, job_type, before_seq, namespace)
         size = ("0" if summary else
                 "octet_length(payload::text) + coalesce(octet_length(result::text), 0)")
         columns = SUMMARY_COLUMNS if summary else JOB_COLUMNS
