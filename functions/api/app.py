@@ -7,7 +7,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from functions.api import dead_letters, docs_pages, errors, health, job_types, jobs
+from functions.api import (
+    dead_letters,
+    docs_pages,
+    errors,
+    health,
+    job_types,
+    jobs,
+    schedules,
+)
 from functions.api.body_limit import BodyLimit
 from functions.api.metrics import RequestMetrics
 from shared.connections import Stores
@@ -49,7 +57,8 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     app.state.service = JobService(stores, registry)
     errors.install(app)
     docs_pages.install(app, prefix)
-    for router in (jobs.router, dead_letters.router, health.router, job_types.router):
+    for router in (jobs.router, dead_letters.router, health.router, job_types.router,
+                   schedules.router):
         app.include_router(router, prefix=prefix)
     app.add_middleware(BodyLimit, limit=settings.max_payload_bytes,
                        batch_limit=5 * 1024 * 1024)

@@ -1,0 +1,67 @@
+"""Recurring schedules, and the columns that tie a job to the (schedule, fire time) it runs.
+
+Revision ID: 0003
+Revises: 0001
+Create Date: 2026-11-29
+"""
+
+from alembic import op
+
+revision = "0003"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute(
+        """
+        CREATE TABLE schedules (
+            id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            name            text NOT NULL UNIQUE,
+            cron            text NOT NULL,
+            timezone        text NOT NULL,
+            job_type        text NOT NULL,
+            payload         jsonb NOT NULL,
+            priority        smallint NOT NULL CHECK (priority BETWEEN 1 AND 10),
+            max_retries     integer NOT NULL CHECK (max_retries >= 0),
+            timeout_seconds double precision NOT NULL CHECK (timeout_seconds > 0),
+            queue           text NOT NULL,
+            paused          boolean NOT NULL DEFAULT false,
+            overlap         text NOT NULL CHECK (overlap IN ('allow', 'skip')),
+            misfire         text NOT NULL CHECK (misfire IN ('run_once', 'skip')),
+            start_at        timestamptz,
+            end_at          timestamptz,
+            source          text NOT NULL CHECK (source IN ('api', 'code')),
+            -- The watermark: the earliest fire time not yet made into a job. NULL: the
+            -- schedule has no fire time left (past its end). It only moves in the same
+            -- transaction as the jobs it made.
+            next_fire_at    timestamptz,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            updated_at      timestamptz NOT NULL DEFAULT now(),
+            CHECK (end_at IS NULL OR start_at IS NULL OR end_at > start_at)
+        )"""
+    )
+    op.execute("CREATE INDEX schedules_due ON schedules (next_fire_at) "
+               "WHERE NOT paused AND next_fire_at IS NOT NULL")
+    # Added without defaults that rewrite the table (NULL / constant false): instant on a
+    # large jobs table.
+    op.execute("ALTER TABLE jobs ADD COLUMN schedule_id uuid, ADD COLUMN fire_time timestamptz, "
+               "ADD COLUMN skip_overlap boolean NOT NULL DEFAULT false")
+    # Exactly one job per (schedule, fire time), however many ticks race: the key, not
+    # timing, makes a second insert a no-op. It also serves "the last runs of a schedule"
+    # and the overlap check at start.
+    op.execute("CREATE UNIQUE INDEX jobs_schedule_fire ON jobs (schedule_id, fire_time) "
+               "WHERE schedule_id IS NOT NULL")
+    # The overlap check at start looks only at running runs: a small index, whatever the
+    # schedule's history holds.
+    op.execute("CREATE INDEX jobs_schedule_running ON jobs (schedule_id, fire_time) "
+               "WHERE schedule_id IS NOT NULL AND status = 'PROCESSING'")
+
+
+def downgrade() -> None:
+    op.execute("DROP INDEX jobs_schedule_running")
+    op.execute("DROP INDEX jobs_schedule_fire")
+    op.execute("ALTER TABLE jobs DROP COLUMN skip_overlap, DROP COLUMN fire_time, "
+               "DROP COLUMN schedule_id")
+    op.execute("DROP TABLE schedules")
