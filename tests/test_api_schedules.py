@@ -1,0 +1,170 @@
+"""/schedules over the real app: create, read (next fire times, last runs), list, pause and
+resume, delete; every bad input a 422 naming its field, and nothing stored."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from functions.scheduler.tick import tick
+from shared.registry import ScheduleSpec
+from tests.support.api_checks import error_of, locs
+
+BASE = "/api/v1/schedules"
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    b: dict[str, Any] = {"name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin",
+                         "job": {"job_type": "record", "payload": {"tag": "x"}}}
+    b.update(fields)
+    return b
+
+
+async def test_create_then_read_shows_the_next_five_fire_times(api):
+    resp = await api.post(BASE, json=body(overlap="skip", misfire="skip"))
+    assert resp.status_code == 201, resp.text
+    made = resp.json()
+    assert resp.headers["Location"] == f"{BASE}/{made['id']}"
+    assert made["source"] == "api" and made["overlap"] == "skip" and made["misfire"] == "skip"
+    assert made["job"] == {"job_type": "record", "payload": {"tag": "x"}, "priority": 5,
+                           "max_retries": 5, "timeout_seconds": 300.0}  # the type's defaults
+    times = [datetime.fromisoformat(t) for t in made["next_fire_times"]]
+    assert len(times) == 5 and times == sorted(times) and times[0] > datetime.now(UTC)
+    berlin = [t.astimezone(ZoneInfo("Europe/Berlin")) for t in times]
+    assert all((t.hour, t.minute) in ((2, 30), (3, 0)) for t in berlin)
+    got = await api.get(f"{BASE}/{made['id']}")
+    assert got.status_code == 200 and got.json()["next_fire_times"] == made["next_fire_times"]
+    assert got.json()["last_runs"] == []
+
+
+async def test_last_runs_show_job_ids_and_states(api, stores, registry):
+    made = (await api.post(BASE, json=body(cron="*/5 * * * * *", timezone="UTC"))).json()
+    await tick(stores, registry)
+    detail = (await api.get(f"{BASE}/{made['id']}")).json()
+    runs = detail["last_runs"]
+    assert 1 <= len(runs) <= 10
+    assert [r["fire_time"] for r in runs] == sorted((r["fire_time"] for r in runs),
+                                                    reverse=True)
+    for run in runs:
+        job = (await api.get(f"/api/v1/jobs/{run['job_id']}")).json()
+        assert job["status"] == run["status"] == "QUEUED"
+        assert job["scheduled_at"] == run["fire_time"]
+    # The next fire times start after the runs already made.
+    assert min(detail["next_fire_times"]) > max(r["fire_time"] for r in runs)
+
+
+async def test_list_pages_by_name(api):
+    for name in ("c", "a", "b"):
+        assert (await api.post(BASE, json=body(name=name))).status_code == 201
+    first = (await api.get(BASE, params={"limit": 2})).json()
+    assert [s["name"] for s in first["items"]] == ["a", "b"]
+    second = (await api.get(BASE, params={"limit": 2, "cursor": first["next_cursor"]})).json()
+    assert [s["name"] for s in second["items"]] == ["c"] and second["next_cursor"] is None
+    error_of(await api.get(BASE, params={"cursor": "!!"}), 422)
+
+
+async def test_pause_stops_fire_times_and_resume_starts_from_now(api, stores, registry, db):
+    made = (await api.post(BASE, json=body(cron="* * * * * *", timezone="UTC"))).json()
+    paused = await api.patch(f"{BASE}/{made['id']}", json={"paused": True})
+    assert paused.status_code == 200 and paused.json()["next_fire_times"] == []
+    await tick(stores, registry)
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+    await db.execute("UPDATE schedules SET next_fire_at = now() - interval '1 hour'")
+    resumed = (await api.patch(f"{BASE}/{made['id']}", json={"paused": False})).json()
+    first = datetime.fromisoformat(resumed["next_fire_times"][0])
+    assert first > datetime.now(UTC) - timedelta(seconds=1)  # no catch-up for the pause
+    summary = await tick(stores, registry)
+    assert summary["schedule_runs_missed"] == 0
+
+
+async def test_patch_changes_the_cron_and_template(api):
+    made = (await api.post(BASE, json=body())).json()
+    resp = await api.patch(f"{BASE}/{made['id']}", json={
+        "cron": "@hourly", "timezone": "UTC",
+        "job": {"job_type": "noop", "payload": {}, "priority": 2}})
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["cron"] == "@hourly" and out["job"]["job_type"] == "noop"
+    assert out["job"]["priority"] == 2
+    assert all(datetime.fromisoformat(t).minute == 0 for t in out["next_fire_times"])
+
+
+async def test_delete_then_404(api):
+    made = (await api.post(BASE, json=body())).json()
+    assert (await api.delete(f"{BASE}/{made['id']}")).status_code == 204
+    error_of(await api.get(f"{BASE}/{made['id']}"), 404)
+    error_of(await api.delete(f"{BASE}/{made['id']}"), 404)
+    error_of(await api.patch(f"{BASE}/{made['id']}", json={"paused": True}), 404)
+
+
+async def test_duplicate_name_is_409_and_keeps_the_first(api):
+    assert (await api.post(BASE, json=body())).status_code == 201
+    err = error_of(await api.post(BASE, json=body(cron="@daily")), 409)
+    assert locs(err) == [["body", "name"]]
+    (only,) = (await api.get(BASE)).json()["items"]
+    assert only["cron"] == "30 2 * * *"
+
+
+@pytest.mark.parametrize("fields,where", [
+    ({"cron": "61 * * * *"}, ["body", "cron"]),
+    ({"cron": "* * *"}, ["body", "cron"]),
+    ({"cron": "0 0 30 2 *"}, ["body", "cron"]),
+    ({"cron": "@fortnightly"}, ["body", "cron"]),
+    ({"cron": "x" * 500}, ["body", "cron"]),
+    ({"timezone": "Mars/Olympus"}, ["body", "timezone"]),
+    ({"timezone": "../../etc/passwd"}, ["body", "timezone"]),
+    ({"start_at": "2030-01-02T00:00:00Z", "end_at": "2030-01-01T00:00:00Z"},
+     ["body", "end_at"]),
+    ({"start_at": "2030-01-02T00:00:00"}, ["body", "start_at"]),  # no time zone
+    ({"end_at": "9999-12-31T23:59:59+00:00"}, ["body", "end_at"]),
+    ({"overlap": "queue"}, ["body", "overlap"]),
+    ({"misfire": "run_all"}, ["body", "misfire"]),
+    ({"name": ""}, ["body", "name"]),
+    ({"name": "a\x00b"}, ["body", "name"]),
+    ({"job": {"job_type": "no-such-type"}}, ["body", "job", "job_type"]),
+    ({"job": {"job_type": "record", "payload": {"seconds": "long"}}},
+     ["body", "job", "payload", "seconds"]),
+    ({"job": {"job_type": "record", "priority": 0}}, ["body", "job", "priority"]),
+    ({"job": {"job_type": "record", "scheduled_at": "2030-01-01T00:00:00Z"}},
+     ["body", "job", "scheduled_at"]),
+    ({"colour": "blue"}, ["body", "colour"]),
+])
+async def test_bad_input_is_a_422_naming_the_field_and_stores_nothing(api, db, fields, where):
+    err = error_of(await api.post(BASE, json=body(**fields)), 422)
+    assert where in locs(err), err
+    assert await db.fetchval("SELECT count(*) FROM schedules") == 0
+
+
+@pytest.mark.parametrize("patch,where", [
+    ({"cron": "nope"}, ["body", "cron"]),
+    ({"cron": None}, ["body", "cron"]),
+    ({"timezone": "Nowhere/Land"}, ["body", "timezone"]),
+    ({"start_at": "2031-01-01T00:00:00Z"}, ["body", "start_at"]),  # after the stored end
+    ({"job": {"job_type": "record", "payload": {"seconds": []}}},
+     ["body", "job", "payload", "seconds"]),
+])
+async def test_bad_patch_is_a_422_and_changes_nothing(api, db, patch, where):
+    made = (await api.post(BASE, json=body(end_at="2030-06-01T00:00:00Z"))).json()
+    before = await db.fetchrow("SELECT * FROM schedules")
+    err = error_of(await api.patch(f"{BASE}/{made['id']}", json=patch), 422)
+    assert where in locs(err), err
+    assert await db.fetchrow("SELECT * FROM schedules") == before
+
+
+async def test_code_schedules_show_in_the_api_and_cannot_be_redefined_there(api, registry):
+    registry.add_schedule(ScheduleSpec("from-code", "@daily", "noop"))
+    try:
+        items = (await api.get(BASE)).json()["items"]  # synced before the first request
+        (sched,) = [s for s in items if s["name"] == "from-code"]
+        assert sched["source"] == "code"
+        err = error_of(await api.patch(f"{BASE}/{sched['id']}", json={"cron": "@hourly"}), 409)
+        assert locs(err) == [["body", "cron"]]
+        assert (await api.patch(f"{BASE}/{sched['id']}", json={"paused": True})).json()[
+            "paused"] is True
+        error_of(await api.delete(f"{BASE}/{sched['id']}"), 409)
+        err = error_of(await api.post(BASE, json=body(name="from-code")), 409)
+    finally:
+        registry.remove_schedule("from-code")
