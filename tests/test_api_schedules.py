@@ -3,15 +3,20 @@ resume, delete; every bad input a 422 naming its field, and nothing stored."""
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from functions.scheduler.tick import tick
-from shared.registry import ScheduleSpec
+from shared.registry import ScheduleSpec, load
 from tests.support.api_checks import error_of, locs
+from tests.support.registry_scope import scoped_registrations
 
 BASE = "/api/v1/schedules"
 
@@ -168,3 +173,34 @@ async def test_code_schedules_show_in_the_api_and_cannot_be_redefined_there(api,
         err = error_of(await api.post(BASE, json=body(name="from-code")), 409)
     finally:
         registry.remove_schedule("from-code")
+
+
+# --- the README's examples ----------------------------------------------------------------------
+
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+EXAMPLE = (ROOT / "examples" / "nightly_schedule.py").read_text()
+
+
+async def test_readme_curl_example_creates_its_schedule(api):
+    (doc,) = re.findall(r"/api/v1/schedules .*?<<'JSON'\n(.*?)\nJSON", README, re.S)
+    resp = await api.post(BASE, json=json.loads(doc))
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["overlap"] == "skip" and len(resp.json()["next_fire_times"]) == 5
+
+
+async def test_readme_code_example_is_the_example_module_and_syncs(api, db):
+    code = EXAMPLE.split('"""\n\n', 1)[1]
+    assert f"```python\n{code}```" in README
+    with scoped_registrations() as registry:
+        sys.modules.pop("examples.nightly_schedule", None)
+        load(["examples.nightly_schedule"])
+        try:
+            items = (await api.get(BASE)).json()["items"]
+            (made,) = [s for s in items if s["name"] == "nightly-word-count"]
+            assert made["source"] == "code" and made["timezone"] == "Europe/Berlin"
+            assert made["job"]["job_type"] == "text_stats" and made["overlap"] == "skip"
+        finally:
+            registry.remove_schedule("nightly-word-count")
+            sys.modules.pop("examples.nightly_schedule", None)
