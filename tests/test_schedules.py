@@ -20,6 +20,7 @@ from shared.core.schedule_service import ScheduleService
 from shared.core.service import JobService
 from shared.errors import Conflict
 from shared.maintenance.schedules import fire_schedules
+from shared.observability import metrics
 from shared.registry import Registry, ScheduleSpec
 from shared.schedule_schemas import ScheduleCreate, ScheduleUpdate
 from shared.settings import Settings
@@ -63,6 +64,11 @@ def whole_second(t: datetime) -> datetime:
     return t.replace(microsecond=0)
 
 
+def counted(registry: Any, schedule: str, outcome: str) -> float:
+    return registry.get_sample_value("schedule_runs_total",
+                                     {"schedule": schedule, "outcome": outcome}) or 0.0
+
+
 # --- making runs ----------------------------------------------------------------------------------
 
 
@@ -96,6 +102,21 @@ async def test_one_schedule_makes_at_most_the_bound_per_pass(stores, registry, d
     assert done.enqueued == 10  # fire times now+1 .. now+90
     times = [r["fire_time"] for r in await runs_of(db, s["id"])]
     assert times == [now + timedelta(seconds=i) for i in range(1, 91)]
+
+
+async def test_the_tick_counts_runs_and_publishes_each_schedules_next_fire_time(
+        stores, registry, db):
+    s = await make(stores, registry, name="gauged", cron="*/5 * * * * *")
+    await make(stores, registry, name="resting", paused=True)
+    before = counted(metrics.SHARED, "gauged", "enqueued")
+    summary = await tick(stores, registry)
+    assert counted(metrics.SHARED, "gauged", "enqueued") - before == summary["schedule_runs"]
+    watermark = await db.fetchval("SELECT next_fire_at FROM schedules WHERE id = $1", s["id"])
+    gauge = metrics.CLUSTER.get_sample_value("schedule_next_fire_timestamp_seconds",
+                                             {"schedule": "gauged"})
+    assert gauge == watermark.timestamp() and gauge > datetime.now(UTC).timestamp()
+    assert metrics.CLUSTER.get_sample_value("schedule_next_fire_timestamp_seconds",
+                                            {"schedule": "resting"}) is None
 
 
 async def test_paused_and_ended_schedules_make_nothing(stores, registry, db):
@@ -206,6 +227,7 @@ async def test_overlap_skip_skips_a_run_while_the_previous_one_still_runs(
         stores, registry, db, start_worker):
     s = await make(stores, registry, overlap="skip",
                    job={"job_type": "record", "payload": {"seconds": 2.5}})
+    before = counted(metrics.REGISTRY, "every-second", "skipped_overlap")
     await start_worker(concurrency=4)
     await start_worker(concurrency=4)
     await tick(stores, registry)
@@ -230,6 +252,7 @@ async def test_overlap_skip_skips_a_run_while_the_previous_one_still_runs(
         "SELECT count(*) AS n FROM jobs WHERE schedule_id = $1 AND status = 'CANCELLED' "
         "AND started_at IS NOT NULL", s["id"])
     assert events[0]["n"] == len(skipped)  # decided when they would start
+    assert counted(metrics.REGISTRY, "every-second", "skipped_overlap") - before >= len(skipped)
 
 
 async def test_overlap_allow_lets_runs_overlap(stores, registry, db, start_worker):
@@ -260,12 +283,14 @@ async def test_missed_fire_times_follow_the_misfire_policy(stores, registry, db,
                                                            runs_in_gap, skipped):
     t0 = datetime(2031, 1, 1, 12, 0, 30, tzinfo=UTC)  # a clock of our own
     s = await make(stores, registry, cron="* * * * *", misfire=misfire, now=t0)
+    missed_before = counted(metrics.SHARED, "every-second", "skipped_misfire")
     first = await pass_at(stores, t0, lookahead_seconds=60, grace_seconds=60)
     assert first.enqueued == 1  # 12:01
     # Nothing ran the pass for an hour (PostgreSQL, Redis or the scheduler down).
     later = t0 + timedelta(hours=1)  # 13:00:30: 12:02 .. 12:59 (58) were missed
     done = await pass_at(stores, later, lookahead_seconds=60, grace_seconds=60)
     assert done.skipped_misfire == skipped
+    assert counted(metrics.SHARED, "every-second", "skipped_misfire") - missed_before == skipped
     times = [r["fire_time"] for r in await runs_of(db, s["id"])]
     gap = [t for t in times if t0 + timedelta(seconds=90) < t < later - timedelta(seconds=60)]
     assert len(gap) == runs_in_gap
