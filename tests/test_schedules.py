@@ -119,6 +119,16 @@ async def test_the_tick_counts_runs_and_publishes_each_schedules_next_fire_time(
                                             {"schedule": "resting"}) is None
 
 
+async def test_a_broken_schedule_row_does_not_hold_the_others_back(stores, registry, db):
+    now = whole_second(datetime.now(UTC))
+    broken = await make(stores, registry, now=now, name="broken")
+    fine = await make(stores, registry, now=now, name="fine")
+    await db.execute("UPDATE schedules SET cron = '99 * * * *' WHERE id = $1", broken["id"])
+    done = await pass_at(stores, now, lookahead_seconds=3)
+    assert done.enqueued == 3
+    assert len(await runs_of(db, fine["id"])) == 3 and await runs_of(db, broken["id"]) == []
+
+
 async def test_paused_and_ended_schedules_make_nothing(stores, registry, db):
     now = whole_second(datetime.now(UTC))
     paused = await make(stores, registry, now=now, name="paused", paused=True)

@@ -273,9 +273,15 @@ class Lifecycle:
         async with self.store.acquire() as conn, conn.transaction():
             jobs, schedules = JobStore(conn), ScheduleStore(conn)
             for s in await schedules.lock_due(horizon, limit, exclude):
-                plan = cron.plan(s["cron"], s["timezone"], s["next_fire_at"], now=now,
-                                 horizon=horizon, grace=grace, misfire=s["misfire"],
-                                 end_at=s["end_at"], max_runs=max_runs)
+                try:
+                    plan = cron.plan(s["cron"], s["timezone"], s["next_fire_at"], now=now,
+                                     horizon=horizon, grace=grace, misfire=s["misfire"],
+                                     end_at=s["end_at"], max_runs=max_runs)
+                except cron.EVALUATION_ERRORS as exc:  # a row written around the API
+                    log.error("schedule cannot be evaluated", extra={
+                        "schedule": s["name"], "error": str(exc)})
+                    fired.append((s["id"], Fired(s["name"], next_fire_at=s["next_fire_at"])))
+                    continue
                 runs = [NewJob(job_type=s["job_type"], payload=s["payload"],
                                priority=s["priority"], max_retries=s["max_retries"],
                                timeout_seconds=s["timeout_seconds"], queue=s["queue"],

@@ -49,6 +49,10 @@ class CronError(ValueError):
     """A cron expression cronsim refuses, or one that never fires."""
 
 
+# What evaluating a stored schedule can raise if its row was written around the checks.
+EVALUATION_ERRORS = (ValueError, CronSimError)
+
+
 def expand(expr: str) -> str:
     """The expression cronsim evaluates: aliases spelled out, whitespace normalised."""
     text = " ".join(expr.split())
