@@ -16,7 +16,7 @@ depends_on = None
 def upgrade() -> None:
     op.execute(
         """
-        CREATE TABLE schedules (
+        CREATE TABLE IF NOT EXISTS schedules (
             id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
             name            text NOT NULL UNIQUE,
             cron            text NOT NULL,
@@ -42,26 +42,31 @@ def upgrade() -> None:
             CHECK (end_at IS NULL OR start_at IS NULL OR end_at > start_at)
         )"""
     )
-    op.execute("CREATE INDEX schedules_due ON schedules (next_fire_at) "
+    op.execute("CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_fire_at) "
                "WHERE NOT paused AND next_fire_at IS NOT NULL")
+    # IF NOT EXISTS throughout: the indexes below commit on their own, so a migration that
+    # failed there is run again from the top.
     # Added without defaults that rewrite the table (NULL / constant false): instant on a
     # large jobs table.
-    op.execute("ALTER TABLE jobs ADD COLUMN schedule_id uuid, ADD COLUMN fire_time timestamptz, "
-               "ADD COLUMN skip_overlap boolean NOT NULL DEFAULT false")
+    op.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS schedule_id uuid, "
+               "ADD COLUMN IF NOT EXISTS fire_time timestamptz, "
+               "ADD COLUMN IF NOT EXISTS skip_overlap boolean NOT NULL DEFAULT false")
     # Exactly one job per (schedule, fire time), however many ticks race: the key, not
-    # timing, makes a second insert a no-op. It also serves "the last runs of a schedule"
-    # and the overlap check at start.
-    op.execute("CREATE UNIQUE INDEX jobs_schedule_fire ON jobs (schedule_id, fire_time) "
-               "WHERE schedule_id IS NOT NULL")
+    # timing, makes a second insert a no-op. It also serves "the last runs of a schedule".
     # The overlap check at start looks only at running runs: a small index, whatever the
-    # schedule's history holds.
-    op.execute("CREATE INDEX jobs_schedule_running ON jobs (schedule_id, fire_time) "
-               "WHERE schedule_id IS NOT NULL AND status = 'PROCESSING'")
+    # schedule's history holds. Both built CONCURRENTLY (outside a transaction): a plain
+    # CREATE INDEX would block every write to a live jobs table while it scans it.
+    with op.get_context().autocommit_block():
+        op.execute("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS jobs_schedule_fire "
+                   "ON jobs (schedule_id, fire_time) WHERE schedule_id IS NOT NULL")
+        op.execute("CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_schedule_running "
+                   "ON jobs (schedule_id, fire_time) "
+                   "WHERE schedule_id IS NOT NULL AND status = 'PROCESSING'")
 
 
 def downgrade() -> None:
-    op.execute("DROP INDEX jobs_schedule_running")
-    op.execute("DROP INDEX jobs_schedule_fire")
+    op.execute("DROP INDEX IF EXISTS jobs_schedule_running")
+    op.execute("DROP INDEX IF EXISTS jobs_schedule_fire")
     op.execute("ALTER TABLE jobs DROP COLUMN skip_overlap, DROP COLUMN fire_time, "
                "DROP COLUMN schedule_id")
     op.execute("DROP TABLE schedules")
