@@ -100,6 +100,8 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    namespace: str | None = Field(
+        None, description="The tenant whose key created the job; null: an unbound key.")
 
     @classmethod
     def of(cls, row: Any) -> JobOut:

@@ -131,6 +131,7 @@ class ScheduleRun(BaseModel):
 
 class ScheduleOut(BaseModel):
     id: uuid.UUID
+    namespace: str | None = Field(None, description="The tenant whose schedule it is.")
     name: str
     cron: str
     timezone: str

@@ -6,15 +6,20 @@ from __future__ import annotations
 import json
 import re
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 
 from functions.scheduler.tick import tick
+from shared.core.schedule_service import ScheduleService
+from shared.core.service import JobService
 from shared.registry import ScheduleSpec, load
+from tests.conftest import admin_headers
 from tests.support.api_checks import error_of, locs
 from tests.support.registry_scope import scoped_registrations
 
@@ -204,3 +209,79 @@ async def test_readme_code_example_is_the_example_module_and_syncs(api, db):
         finally:
             registry.remove_schedule("nightly-word-count")
             sys.modules.pop("examples.nightly_schedule", None)
+
+
+# --- who may, and whose -----------------------------------------------------------------------
+
+
+async def test_reading_needs_jobs_read_and_changing_needs_jobs_write(api_as):
+    anonymous = await api_as()
+    reader = await api_as("jobs:read")
+    error_of(await anonymous.get(BASE), 401)
+    assert (await reader.get(BASE)).status_code == 200
+    error_of(await reader.post(BASE, json=body()), 403)
+    writer = await api_as("jobs:write")
+    made = await writer.post(BASE, json=body())
+    assert made.status_code == 201, made.text
+    error_of(await reader.patch(f"{BASE}/{made.json()['id']}", json={"paused": True}), 403)
+    error_of(await reader.delete(f"{BASE}/{made.json()['id']}"), 403)
+
+
+async def test_tenants_see_only_their_own_schedules_and_their_runs_carry_the_namespace(
+        api, api_as, stores, registry, db):
+    acme = await api_as("jobs:write", namespace="acme")
+    globex = await api_as("jobs:write", namespace="globex")
+    mine = (await acme.post(BASE, json=body(cron="*/5 * * * * *", timezone="UTC"))).json()
+    assert mine["namespace"] == "acme"
+    theirs = await globex.post(BASE, json=body())  # the same name: names are per tenant
+    assert theirs.status_code == 201, theirs.text
+    assert [s["name"] for s in (await globex.get(BASE)).json()["items"]] == ["nightly"]
+    assert (await globex.get(BASE)).json()["items"][0]["id"] == theirs.json()["id"]
+    error_of(await globex.get(f"{BASE}/{mine['id']}"), 404)
+    error_of(await globex.patch(f"{BASE}/{mine['id']}", json={"paused": True}), 404)
+    error_of(await globex.delete(f"{BASE}/{mine['id']}"), 404)
+    everyone = (await api.get(BASE, params={"limit": 1})).json()  # unbound: both, paged
+    rest = (await api.get(BASE, params={"cursor": everyone["next_cursor"]})).json()
+    assert {s["namespace"] for s in everyone["items"] + rest["items"]} == {"acme", "globex"}
+    await tick(stores, registry)
+    namespaces = await db.fetch("SELECT DISTINCT namespace FROM jobs WHERE schedule_id = $1",
+                                uuid.UUID(mine["id"]))
+    assert [r["namespace"] for r in namespaces] == ["acme"]
+    run = (await acme.get(f"{BASE}/{mine['id']}")).json()["last_runs"][0]
+    assert (await acme.get(f"/api/v1/jobs/{run['job_id']}")).status_code == 200
+    error_of(await globex.get(f"/api/v1/jobs/{run['job_id']}"), 404)
+
+
+async def test_a_webhook_templates_credentials_are_sealed_and_never_shown(settings, db,
+                                                                         registry):
+    from cryptography.fernet import Fernet
+
+    from functions.api.app import create_app
+
+    keyed = settings.model_copy(update={"payload_key": Fernet.generate_key().decode()})
+    app = create_app(keyed)
+    secret = "Bearer tok-7c1e9a3b5d"
+    hook = {"job_type": "webhook", "payload": {
+        "url": "https://hooks.example.com/nightly", "headers": {"Authorization": secret}}}
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api",
+                                     headers=await admin_headers(keyed)) as client:
+            made = await client.post(BASE, json=body(name="hook", job=hook))
+            assert made.status_code == 201, made.text
+            assert "tok-7c1e9a3b5d" not in made.text
+            assert made.json()["job"]["payload"]["headers"] == {"Authorization": "***"}
+            got = await client.get(f"{BASE}/{made.json()['id']}")
+            assert "tok-7c1e9a3b5d" not in got.text
+        stored = await db.fetchval("SELECT payload::text FROM schedules WHERE name = 'hook'")
+        assert "tok-7c1e9a3b5d" not in stored and "sealed" in stored
+        # Declared in code, the same template is stored once: sealing again is no change.
+        registry.add_schedule(ScheduleSpec("hook-code", "@daily", "webhook", hook["payload"]))
+        try:
+            service = ScheduleService(JobService(app.state.stores, registry))
+            assert (await service.sync(registry)).created == ["hook-code"]
+            assert (await service.sync(registry)).unchanged == ["hook-code"]
+        finally:
+            registry.remove_schedule("hook-code")
+    finally:
+        await app.state.stores.close()

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from functions.api import (
+    auth,
     dead_letters,
     docs_pages,
     errors,
@@ -57,9 +58,11 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     app.state.service = JobService(stores, registry)
     errors.install(app)
     docs_pages.install(app, prefix)
-    for router in (jobs.router, dead_letters.router, health.router, job_types.router,
-                   schedules.router):
+    routers = (jobs.router, dead_letters.router, health.router, job_types.router,
+               schedules.router)
+    for router in routers:
         app.include_router(router, prefix=prefix)
+    auth.install(app, settings, stores, routers)  # refuses a route that declares no scope
     app.add_middleware(BodyLimit, limit=settings.max_payload_bytes,
                        batch_limit=5 * 1024 * 1024)
     app.add_middleware(RequestMetrics, stores=stores)  # outermost: counts 413s too

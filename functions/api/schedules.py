@@ -2,7 +2,8 @@
 
 The schedules declared in code (``AJS_JOB_MODULES``) are synced into the table before this
 app first serves a schedules request (and by every scheduler tick), so a listing shows
-them too.
+them too. Reading needs jobs:read, changing jobs:write (a schedule makes jobs); a caller
+bound to a namespace sees and makes only its own schedules, whose jobs carry it.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from functions.api.auth import READ, WRITE, Caller, Scope
 from shared.api_schemas import ErrorResponse
 from shared.core.schedule_service import ScheduleService
 from shared.errors import ValidationFailed
-from shared.registry import Registry
 from shared.schedule_schemas import ScheduleCreate, ScheduleOut, SchedulePage, ScheduleUpdate
 
 router = APIRouter(prefix="/schedules", tags=["schedules"])
@@ -48,71 +50,82 @@ async def get_schedules(request: Request) -> ScheduleService:
 Schedules = Annotated[ScheduleService, Depends(get_schedules)]
 
 
-def _registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.service.registry
-    return registry
+def encode_cursor(name: str, schedule_id: uuid.UUID) -> str:
+    raw = json.dumps([name, str(schedule_id)], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(f"n{name}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> str | None:
+def decode_cursor(cursor: str | None) -> tuple[str, uuid.UUID] | None:
     if not cursor:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if raw.startswith("n") and 1 < len(raw) <= 201 and "\x00" not in raw:
-            return raw[1:]
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        name, schedule_id = json.loads(raw)
+        if isinstance(name, str) and 0 < len(name) <= 200 and "\x00" not in name:
+            return name, uuid.UUID(schedule_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, AttributeError):
         pass
     raise ValidationFailed("cursor is not one this API returned",
                            [{"loc": ["query", "cursor"], "msg": "malformed cursor",
                              "type": "value_error"}])
 
 
+def _out(schedules: ScheduleService, row: Any, runs: list[Any] | None = None
+         ) -> ScheduleOut:
+    """A schedule as an answer may show it: its template's payload redacted by its type
+    (credentials are stored sealed and never shown), like a job's."""
+    return ScheduleOut.of(schedules.jobs.registry.redacted(row), schedules.next_times(row),
+                          runs)
+
+
 @router.post("", status_code=201, response_model=ScheduleOut, responses=errors(409, 422),
-             summary="Create a recurring schedule")
-async def create_schedule(spec: ScheduleCreate, schedules: Schedules,
-                          response: Response) -> ScheduleOut:
-    row = await schedules.create(spec)
+             summary="Create a recurring schedule", dependencies=[Scope(WRITE)])
+async def create_schedule(spec: ScheduleCreate, schedules: Schedules, response: Response,
+                          caller: Caller) -> ScheduleOut:
+    row = await schedules.create(spec, namespace=caller.namespace)
     response.headers["Location"] = (
         f"{schedules.settings.api_prefix}/schedules/{row['id']}")
-    return ScheduleOut.of(row, schedules.next_times(row))
+    return _out(schedules, row)
 
 
-@router.get("", response_model=SchedulePage, summary="List schedules by name")
+@router.get("", response_model=SchedulePage, summary="List schedules by name",
+            dependencies=[Scope(READ)])
 async def list_schedules(
     schedules: Schedules,
+    caller: Caller,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=400,
                                         description="next_cursor of the previous page")] = None,
 ) -> SchedulePage:
-    rows = await schedules.page(after_name=decode_cursor(cursor), limit=limit + 1)
+    rows = await schedules.page(after=decode_cursor(cursor), limit=limit + 1,
+                                namespace=caller.namespace)
     more = len(rows) > limit
     rows = rows[:limit]
-    return SchedulePage(items=[ScheduleOut.of(r, schedules.next_times(r)) for r in rows],
-                        next_cursor=encode_cursor(rows[-1]["name"]) if more else None)
+    return SchedulePage(items=[_out(schedules, r) for r in rows],
+                        next_cursor=encode_cursor(rows[-1]["name"], rows[-1]["id"])
+                        if more else None)
 
 
 @router.get("/{schedule_id}", response_model=ScheduleOut, responses=errors(404, 422),
-            summary="Get a schedule, its next fire times and its last runs")
-async def get_schedule(schedule_id: uuid.UUID, schedules: Schedules) -> ScheduleOut:
-    row = await schedules.get(schedule_id)
-    return ScheduleOut.of(row, schedules.next_times(row), await schedules.runs(schedule_id))
+            summary="Get a schedule, its next fire times and its last runs",
+            dependencies=[Scope(READ)])
+async def get_schedule(schedule_id: uuid.UUID, schedules: Schedules,
+                       caller: Caller) -> ScheduleOut:
+    row = await schedules.get(schedule_id, caller.namespace)
+    return _out(schedules, row, await schedules.runs(schedule_id))
 
 
 @router.patch("/{schedule_id}", response_model=ScheduleOut, responses=errors(404, 409, 422),
-              summary="Change, pause or resume a schedule")
+              summary="Change, pause or resume a schedule", dependencies=[Scope(WRITE)])
 async def update_schedule(schedule_id: uuid.UUID, patch: ScheduleUpdate,
-                          schedules: Schedules) -> ScheduleOut:
-    row = await schedules.update(schedule_id, patch)
-    return ScheduleOut.of(row, schedules.next_times(row), await schedules.runs(schedule_id))
+                          schedules: Schedules, caller: Caller) -> ScheduleOut:
+    row = await schedules.update(schedule_id, patch, namespace=caller.namespace)
+    return _out(schedules, row, await schedules.runs(schedule_id))
 
 
 @router.delete("/{schedule_id}", status_code=204, responses=errors(404, 409, 422),
-               summary="Delete a schedule (its jobs stay)")
+               summary="Delete a schedule (its jobs stay)", dependencies=[Scope(WRITE)])
 async def delete_schedule(schedule_id: uuid.UUID, schedules: Schedules,
-                          request: Request) -> Response:
-    await schedules.delete(schedule_id, _registry(request))
+                          caller: Caller) -> Response:
+    await schedules.delete(schedule_id, schedules.jobs.registry, caller.namespace)
     return Response(status_code=204)

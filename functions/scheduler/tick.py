@@ -1,6 +1,7 @@
 """One scheduler tick: sync the schedules declared in code and fire the recurring schedules
 due within the look-ahead, promote due jobs, recover expired leases, reconcile Redis with
-PostgreSQL, publish the gauges. Safe to run twice at once, and impossible to wedge.
+PostgreSQL, delete finished jobs past their retention, fold the count deltas, publish the
+gauges. Safe to run twice at once, and impossible to wedge.
 
 EventBridge fires at most once a minute and sometimes twice, so a tick takes a lock and an
 overlapping tick returns at once. The lock lives in Redis (a token with an expiry), not in a
@@ -26,6 +27,7 @@ from shared.core.service import JobService
 from shared.maintenance.promote import promote
 from shared.maintenance.reconcile import reconcile
 from shared.maintenance.recover import recover
+from shared.maintenance.retention import delete_expired
 from shared.maintenance.schedules import fire_schedules, set_next_fire_gauges
 from shared.queue.locks import Redlock
 from shared.registry import Registry
@@ -68,6 +70,9 @@ async def tick(stores: Stores, registry: Registry) -> dict[str, Any]:
             await lock.extend([LOCK_NAME], token, ttl)
             reconciled = await reconcile(store, stores.queue, settings.lease_seconds,
                                          settings.reconcile_page_size)
+            await lock.extend([LOCK_NAME], token, ttl)
+            deleted = await delete_expired(store, settings, registry)
+            folded = await store.fold_counts()
             depth = {name: await stores.queue(name).depth() for name in names}
             await set_next_fire_gauges(ScheduleStore(conn))
             # Inside the lock: one publisher at a time (see functions/scheduler/publish.py).
@@ -79,4 +84,5 @@ async def tick(stores: Stores, registry: Registry) -> dict[str, Any]:
             "schedules_synced": len(synced.created) + len(synced.updated),
             **asdict(promoted), "recovered": recovered.requeued,
             "dead_lettered": recovered.dead_lettered, "cancelled": recovered.cancelled,
-            **asdict(reconciled), "depth": depth, "metrics_published": published}
+            **asdict(reconciled), "deleted": deleted.by_status, "counts_folded": folded,
+            "depth": depth, "metrics_published": published}

@@ -46,7 +46,7 @@ from shared.observability import metrics
 from shared.observability.logs import get_logger
 from shared.queue.redis_queue import Placement, RedisQueue, epoch_ms, ready_score, wall_ms
 from shared.store.jobs import JobStore, NewJob, Row
-from shared.store.schedules import ScheduleStore
+from shared.store.schedules import ScheduleStore, label
 
 log = get_logger("lifecycle")
 
@@ -279,19 +279,21 @@ class Lifecycle:
                                      end_at=s["end_at"], max_runs=max_runs)
                 except cron.EVALUATION_ERRORS as exc:  # a row written around the API
                     log.error("schedule cannot be evaluated", extra={
-                        "schedule": s["name"], "error": str(exc)})
-                    fired.append((s["id"], Fired(s["name"], next_fire_at=s["next_fire_at"])))
+                        "schedule": label(s["namespace"], s["name"]), "error": str(exc)})
+                    fired.append((s["id"], Fired(label(s["namespace"], s["name"]),
+                                                 next_fire_at=s["next_fire_at"])))
                     continue
                 runs = [NewJob(job_type=s["job_type"], payload=s["payload"],
                                priority=s["priority"], max_retries=s["max_retries"],
                                timeout_seconds=s["timeout_seconds"], queue=s["queue"],
                                scheduled_at=t, schedule_id=s["id"], fire_time=t,
-                               skip_overlap=s["overlap"] == "skip") for t in plan.runs]
+                               skip_overlap=s["overlap"] == "skip",
+                               namespace=s["namespace"]) for t in plan.runs]
                 rows = await jobs.insert_runs(runs) if runs else []
                 await schedules.advance(s["id"], s["next_fire_at"], plan.next_fire_at)
                 made.extend(rows)
-                fired.append((s["id"], Fired(s["name"], len(rows), plan.skipped_misfire,
-                                             plan.next_fire_at)))
+                fired.append((s["id"], Fired(label(s["namespace"], s["name"]), len(rows),
+                                             plan.skipped_misfire, plan.next_fire_at)))
         await self._push(made)
         return fired
 
@@ -343,10 +345,11 @@ class Lifecycle:
         return done
 
     # cancel: waiting -> CANCELLED at once; running -> flagged, and its worker told
-    async def cancel(self, job_id: uuid.UUID, reason: str = "cancelled by request"
-                     ) -> tuple[str, Row | None]:
-        """``("cancelled" | "requested" | "refused", row)``; row None for an unknown id."""
-        outcome, row = await self.store.cancel(job_id, reason)
+    async def cancel(self, job_id: uuid.UUID, reason: str = "cancelled by request",
+                     namespace: str | None = None) -> tuple[str, Row | None]:
+        """``("cancelled" | "requested" | "refused", row)``; row None for an unknown id
+        (or, with ``namespace``, another namespace's job)."""
+        outcome, row = await self.store.cancel(job_id, reason, namespace)
         if row is None or outcome == "refused":
             return outcome, row
         queue = self.queue_of(row["queue"])
@@ -365,8 +368,10 @@ class Lifecycle:
 
     # redrive: FAILED -> QUEUED with a fresh set of attempts
     async def redrive(self, *, job_ids: Sequence[uuid.UUID] | None = None,
-                      job_type: str | None = None) -> list[Row]:
-        return await self._push(await self.store.redrive(job_ids=job_ids, job_type=job_type))
+                      job_type: str | None = None, namespace: str | None = None
+                      ) -> list[Row]:
+        return await self._push(await self.store.redrive(job_ids=job_ids, job_type=job_type,
+                                                         namespace=namespace))
 
     async def _push(self, rows: Iterable[Row]) -> list[Row]:
         """Place just-committed QUEUED jobs; where Redis refuses, mark them PENDING so the

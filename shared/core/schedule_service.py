@@ -64,37 +64,57 @@ class ScheduleService:
 
     # --- create and read -----------------------------------------------------------------
 
-    def _new(self, spec: ScheduleCreate, source: str, now: datetime) -> NewSchedule:
+    def _new(self, spec: ScheduleCreate, source: str, now: datetime,
+             namespace: str | None = None) -> NewSchedule:
         job = self._template(spec.job, now)
         return NewSchedule(
             name=spec.name, cron=spec.cron, timezone=spec.timezone, job_type=job.job_type,
             payload=job.payload, priority=job.priority, max_retries=job.max_retries,
             timeout_seconds=job.timeout_seconds, queue=job.queue, overlap=spec.overlap,
             misfire=spec.misfire, source=source, paused=spec.paused, start_at=spec.start_at,
-            end_at=spec.end_at,
+            end_at=spec.end_at, namespace=namespace,
             next_fire_at=cron.first_fire(spec.cron, spec.timezone, now, spec.start_at,
                                          spec.end_at))
 
-    async def create(self, spec: ScheduleCreate, *, now: datetime | None = None
-                     ) -> asyncpg.Record:
-        row = await (await self._store()).create(self._new(spec, "api", now or _now()))
+    async def create(self, spec: ScheduleCreate, *, now: datetime | None = None,
+                     namespace: str | None = None) -> asyncpg.Record:
+        """``namespace``: the caller's tenant, stored on the schedule and on every job it
+        makes; names are unique per tenant."""
+        row = await (await self._store()).create(self._new(spec, "api", now or _now(),
+                                                           namespace))
         if row is None:
             raise Conflict(f"a schedule named {spec.name!r} exists",
                            [{"loc": ["body", "name"], "msg": "name taken",
                              "type": "conflict"}])
         return row
 
-    async def get(self, schedule_id: uuid.UUID) -> asyncpg.Record:
-        row = await (await self._store()).get(schedule_id)
+    async def get(self, schedule_id: uuid.UUID, namespace: str | None = None
+                  ) -> asyncpg.Record:
+        """Another tenant's schedule is not found (404), like another tenant's job."""
+        row = await (await self._store()).get(schedule_id, namespace)
         if row is None:
             raise NotFound(f"schedule {schedule_id} not found")
         return row
 
+    def _same_payload(self, job_type: str, new: Any, stored: Any) -> bool:
+        """Whether two stored payloads say the same (sealing encrypts with a fresh nonce
+        each time, so a type with credentials never stores the same bytes twice)."""
+        jt = self.jobs.registry.get(job_type)
+        if jt is None:
+            return False
+        try:
+            return bool(jt.parse(new, self.settings).model_dump(mode="json")
+                        == jt.parse(stored, self.settings).model_dump(mode="json"))
+        except ValidationError:
+            return False
+
     async def runs(self, schedule_id: uuid.UUID) -> list[asyncpg.Record]:
         return await (await self._store()).recent_runs(schedule_id, RUNS_SHOWN)
 
-    async def page(self, *, after_name: str | None, limit: int) -> list[asyncpg.Record]:
-        return await (await self._store()).page(after_name=after_name, limit=limit)
+    async def page(self, *, after: tuple[str, uuid.UUID] | None, limit: int,
+                   namespace: str | None = None) -> list[asyncpg.Record]:
+        return await (await self._store()).page(after=after, limit=limit,
+                                                namespace=namespace)
 
     @staticmethod
     def next_times(row: Any) -> list[datetime]:
@@ -106,9 +126,10 @@ class ScheduleService:
     # --- change ----------------------------------------------------------------------------
 
     async def update(self, schedule_id: uuid.UUID, patch: ScheduleUpdate, *,
-                     now: datetime | None = None) -> asyncpg.Record:
+                     now: datetime | None = None, namespace: str | None = None
+                     ) -> asyncpg.Record:
         now = now or _now()
-        row = await self.get(schedule_id)
+        row = await self.get(schedule_id, namespace)
         given = patch.model_dump(exclude_unset=True)
         nulls = sorted(k for k, v in given.items() if v is None and k not in
                        ("start_at", "end_at"))
@@ -138,18 +159,19 @@ class ScheduleService:
         if resumed or any(k in changes for k in RETIMING):
             changes["next_fire_at"] = cron.first_fire(
                 merged["cron"], merged["timezone"], now, merged["start_at"], merged["end_at"])
-        updated = await (await self._store()).update(schedule_id, changes)
+        updated = await (await self._store()).update(schedule_id, changes, namespace)
         if updated is None:
             raise NotFound(f"schedule {schedule_id} not found")
         return updated
 
-    async def delete(self, schedule_id: uuid.UUID, registry: Registry) -> None:
-        row = await self.get(schedule_id)
+    async def delete(self, schedule_id: uuid.UUID, registry: Registry,
+                     namespace: str | None = None) -> None:
+        row = await self.get(schedule_id, namespace)
         if row["source"] == "code" and any(s.name == row["name"]
                                            for s in registry.schedules()):
             raise Conflict(f"schedule {row['name']!r} is declared in code: remove it there "
                            "(or pause it here)")
-        await (await self._store()).delete(schedule_id)
+        await (await self._store()).delete(schedule_id, namespace)
 
     # --- schedules declared in code ----------------------------------------------------------
 
@@ -158,8 +180,10 @@ class ScheduleService:
 
         Idempotent: a declaration already stored unchanged costs one read. A changed one is
         updated (and started afresh if re-timed); ``paused`` is left as operators set it.
-        A name taken by a schedule made through the API stays the API's: the declaration
-        is ignored (and logged) until one of them is renamed or the API one is deleted.
+        Code schedules have no tenant. A name taken by a schedule an unbound caller made
+        through the API stays the API's: the declaration is ignored (and logged) until one
+        of them is renamed or the API one is deleted. (A tenant's schedules have names of
+        their own, so no tenant can take a code schedule's name.)
         An invalid declaration is logged and skipped, never blocking the others.
         """
         now = now or _now()
@@ -168,7 +192,8 @@ class ScheduleService:
         if not specs:
             return done
         store = await self._store()
-        existing = {r["name"]: r for r in await store.by_name([s.name for s in specs])}
+        existing = {r["name"]: r for r in await store.unbound_by_name(
+            [s.name for s in specs])}
         for spec in specs:
             try:
                 new = self._new(_declared(spec), "code", now)
@@ -182,13 +207,16 @@ class ScheduleService:
                 if await store.create(new) is not None:
                     done.created.append(spec.name)
                     continue
-                row = (await store.by_name([spec.name]))[0]  # another process won
+                row = (await store.unbound_by_name([spec.name]))[0]  # another process won
             if row["source"] != "code":
                 log.warning("schedule declared in code ignored: an API-made schedule has "
                             "its name", extra={"schedule": spec.name})
                 done.taken_by_api.append(spec.name)
                 continue
             changes = {k: getattr(new, k) for k in DEFINITION if getattr(new, k) != row[k]}
+            if "payload" in changes and self._same_payload(new.job_type, new.payload,
+                                                            row["payload"]):
+                del changes["payload"]  # sealed again with a fresh nonce: not a change
             if not changes:
                 done.unchanged.append(spec.name)
                 continue

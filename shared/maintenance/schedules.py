@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared.core.lifecycle import Fired, Lifecycle
 from shared.observability import metrics
-from shared.store.schedules import ScheduleStore
+from shared.store.schedules import ScheduleStore, label
 
 ROUNDS = 100  # transactions per pass at most: a pass always ends
 
@@ -59,6 +59,7 @@ async def set_next_fire_gauges(schedules: ScheduleStore, limit: int = 10_000) ->
     rows = await schedules.all_active(limit)
     metrics.schedule_next_fire_timestamp_seconds.clear()
     for r in rows:
-        metrics.schedule_next_fire_timestamp_seconds.labels(r["name"]).set(
-            r["next_fire_at"].timestamp())
+        gauge = metrics.schedule_next_fire_timestamp_seconds.labels(
+            label(r["namespace"], r["name"]))
+        gauge.set(r["next_fire_at"].timestamp())
     return len(rows)

@@ -1,14 +1,14 @@
 """Recurring schedules, and the columns that tie a job to the (schedule, fire time) it runs.
 
-Revision ID: 0003
-Revises: 0001
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-29
 """
 
 from alembic import op
 
-revision = "0003"
-down_revision = "0001"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -18,7 +18,8 @@ def upgrade() -> None:
         """
         CREATE TABLE IF NOT EXISTS schedules (
             id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-            name            text NOT NULL UNIQUE,
+            namespace       text,  -- the tenant, as on jobs; NULL: unbound (and code)
+            name            text NOT NULL,
             cron            text NOT NULL,
             timezone        text NOT NULL,
             job_type        text NOT NULL,
@@ -42,6 +43,10 @@ def upgrade() -> None:
             CHECK (end_at IS NULL OR start_at IS NULL OR end_at > start_at)
         )"""
     )
+    # Names are unique per tenant: one cannot take (or learn of) another's, and only an
+    # unbound caller's schedule can hold the name of one declared in code.
+    op.execute("CREATE UNIQUE INDEX IF NOT EXISTS schedules_name ON schedules "
+               "((coalesce(namespace, '')), name)")
     op.execute("CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_fire_at) "
                "WHERE NOT paused AND next_fire_at IS NOT NULL")
     # IF NOT EXISTS throughout: the indexes below commit on their own, so a migration that
