@@ -284,6 +284,31 @@ async def test_overlap_allow_lets_runs_overlap(stores, registry, db, start_worke
                              "'CANCELLED'", s["id"]) == 0
 
 
+# --- time zones (controlled clock) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("start,expected", [
+    # spring forward (29 March): 02:30 does not exist; it runs once, at 03:00 CEST
+    (datetime(2026, 3, 27, 12, tzinfo=UTC),
+     [datetime(2026, 3, 28, 1, 30, tzinfo=UTC), datetime(2026, 3, 29, 1, 0, tzinfo=UTC),
+      datetime(2026, 3, 30, 0, 30, tzinfo=UTC)]),
+    # fall back (25 October): 02:30 happens twice; it runs once, at the first (CEST)
+    (datetime(2026, 10, 23, 12, tzinfo=UTC),
+     [datetime(2026, 10, 24, 0, 30, tzinfo=UTC), datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+      datetime(2026, 10, 26, 1, 30, tzinfo=UTC)]),
+])
+async def test_daily_berlin_schedule_makes_one_job_per_day_across_dst(stores, registry, db,
+                                                                      start, expected):
+    s = await make(stores, registry, name="berlin", cron="30 2 * * *",
+                   timezone="Europe/Berlin", now=start)
+    now = start
+    for _ in range(3 * 24 * 4):  # a pass every 15 minutes for three days
+        now += timedelta(minutes=15)
+        await pass_at(stores, now, lookahead_seconds=90)
+    times = [r["fire_time"] for r in await runs_of(db, s["id"])]
+    assert times == expected
+
+
 # --- misfires (controlled clock) ------------------------------------------------------------------
 
 
