@@ -176,8 +176,15 @@ async def test_every_fire_time_has_exactly_one_job_under_racing_ticks_and_two_wo
 
         tasks = [asyncio.create_task(f()) for f in (ticking, ticking, passing, passing,
                                                      passing)]
-        await asyncio.sleep(12)  # the schedule fires every second meanwhile: 12 fire times
-        stop.set()
+        async def twelve_ran() -> bool:  # the schedule fires every second meanwhile
+            return bool(await db.fetchval(
+                "SELECT count(*) FROM jobs WHERE schedule_id = $1 AND status = 'COMPLETED'",
+                s["id"]) >= 12)
+
+        try:
+            await eventually(twelve_ran, timeout=40, interval=0.2, what="twelve runs")
+        finally:
+            stop.set()
         await asyncio.gather(*tasks)
         assert errors == []
         runs = await runs_of(db, s["id"])
