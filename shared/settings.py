@@ -109,6 +109,19 @@ class Settings(BaseSettings):
     # --- API ----------------------------------------------------------------------------
     api_prefix: str = Field("/api/v1", description="Path prefix of every API route.")
     batch_max_jobs: int = Field(1000, description="Most jobs in one POST /jobs/batch.")
+    api_page_max_bytes: int = Field(
+        1024 * 1024, ge=1024, le=5 * 1024 * 1024,
+        description="A list page stops before its JSON passes this size (a single larger "
+        "job still comes back alone); next_cursor continues. Lambda answers at most 6 MB.")
+    api_redis_max_connections: int = Field(
+        50, ge=1, description="Redis connections one API process opens at most; a burst "
+        "beyond waits for a free one.")
+    api_redis_pool_timeout: float = Field(
+        5.0, gt=0, description="Seconds a request waits for a free Redis connection (then 503).")
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host headers the API answers (a leading '*.' matches subdomains); "
+        "others get 400. Empty: any host. Comma-separated in the environment.")
 
     # --- access control -------------------------------------------------------------------
     auth_disabled: bool = Field(
@@ -260,7 +273,7 @@ class Settings(BaseSettings):
         return value
     # --- end job types --------------------------------------------------------------------
 
-    @field_validator("lock_redis_urls", "job_modules", mode="before")
+    @field_validator("lock_redis_urls", "job_modules", "api_allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

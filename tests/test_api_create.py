@@ -138,9 +138,10 @@ BAD_INPUT: list[tuple[str, dict[str, Any], int, list[Any] | None]] = [
     ("malformed JSON", raw(b'{"job_type": "noop", '), 422, None),
     ("JSON array body", {"json": [{"job_type": "noop"}]}, 422, ["body"]),
     ("JSON string body", {"json": "noop"}, 422, ["body"]),
-    ("wrong content type", raw(b'{"job_type":"noop"}', "text/plain"), 422, ["body"]),
-    ("form content type", raw(b"job_type=noop", "application/x-www-form-urlencoded"), 422,
-     ["body"]),
+    ("wrong content type", raw(b'{"job_type":"noop"}', "text/plain"), 415,
+     ["header", "Content-Type"]),
+    ("form content type", raw(b"job_type=noop", "application/x-www-form-urlencoded"), 415,
+     ["header", "Content-Type"]),
     ("empty body", raw(b""), 422, ["body"]),
     ("email: bad address", {"json": {"job_type": "email", "payload": {
         "to": "not-an-address", "subject": "s", "body": "b"}}}, 422, ["body", "payload", "to"]),
@@ -268,11 +269,10 @@ async def test_same_key_with_another_body_is_409_and_never_a_second_job(api, db,
         error = error_of(await api.post(JOBS, json=other, headers=headers), 409)
         assert error["code"] == "idempotency_conflict"
         assert locs(error) == [["header", "Idempotency-Key"]]
-    # A batch keys its jobs "<key>#<i>": batch key "k-2" meets the single create's "k-2#0".
-    # Even with the same job in it, the batch is another request, not a replay.
+    # One namespace for /jobs and /jobs/batch: the same key on the batch endpoint, even with
+    # the same job in it, is another request, not a replay and not a second job.
     error = error_of(await api.post(f"{JOBS}/batch", json={"jobs": [
-        {"job_type": "noop", "payload": {"tag": "a"}}]}, headers={"Idempotency-Key": "k-2"}),
-        409)
+        {"job_type": "noop", "payload": {"tag": "a"}}]}, headers=headers), 409)
     assert error["code"] == "idempotency_conflict"
     await assert_untouched(db, namespace, rows=1, redis_before=before)
 

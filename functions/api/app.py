@@ -19,6 +19,7 @@ from functions.api import (
 )
 from functions.api.body_limit import BodyLimit
 from functions.api.metrics import RequestMetrics
+from functions.api.request_guard import RequestGuard
 from shared.connections import Stores
 from shared.core.service import JobService
 from shared.registry import load
@@ -32,7 +33,8 @@ overwrite a newer one's result (fencing). Every error has the shape
 
 def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = True) -> FastAPI:
     settings = settings or get_settings()
-    stores = Stores(settings)
+    stores = Stores(settings, redis_max_connections=settings.api_redis_max_connections,
+                    redis_pool_timeout=settings.api_redis_pool_timeout)
     registry = load(settings.job_modules)
 
     @asynccontextmanager
@@ -63,7 +65,10 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     for router in routers:
         app.include_router(router, prefix=prefix)
     auth.install(app, settings, stores, routers)  # refuses a route that declares no scope
+    errors.document_refusals(app, hosts_checked=bool(settings.api_allowed_hosts))
     app.add_middleware(BodyLimit, limit=settings.max_payload_bytes,
                        batch_limit=5 * 1024 * 1024)
+    # Before the body is read: a refused request costs no body.
+    app.add_middleware(RequestGuard, allowed_hosts=settings.api_allowed_hosts)
     app.add_middleware(RequestMetrics, stores=stores)  # outermost: counts 413s too
     return app

@@ -246,9 +246,10 @@ def routes_of(app: FastAPI, routers: Sequence[APIRouter]) -> list[DeclaredRoute]
     themselves: recent FastAPI releases no longer list included routes in ``app.routes``)
     and any added to the app directly."""
     prefix = app.state.settings.api_prefix
-    found = [(prefix + r.path, r) for router in routers for r in router.routes
+    # path_format: the path as OpenAPI writes it, without a convertor ({job_id:job_id}).
+    found = [(prefix + r.path_format, r) for router in routers for r in router.routes
              if isinstance(r, APIRoute)]
-    found += [(r.path, r) for r in app.routes if isinstance(r, APIRoute)]
+    found += [(r.path_format, r) for r in app.routes if isinstance(r, APIRoute)]
     out = {(m, path): DeclaredRoute(m, path, declared(r))
            for path, r in found for m in sorted(r.methods or ())}
     return list(out.values())

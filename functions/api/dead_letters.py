@@ -5,10 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body
+from fastapi.responses import Response
 
+from functions.api import listing
 from functions.api.auth import ADMIN, READ, Caller, Scope
-from functions.api.deps import JobTypeFilter, Service, decode_cursor, encode_cursor
+from functions.api.deps import JobTypeFilter, Service
+from functions.api.listing import Cursor, Fields, FieldsQuery, Limit
 from shared.api_schemas import CountResult, ErrorResponse, JobOut, JobPage, RedriveRequest
 from shared.core.status import Status
 from shared.errors import Conflict
@@ -16,22 +19,19 @@ from shared.errors import Conflict
 router = APIRouter(prefix="/dead-letters", tags=["dead letter queue"])
 
 
-@router.get("", response_model=JobPage, summary="List dead-lettered jobs, newest first",
+@router.get("", response_model=JobPage, responses={422: {"model": ErrorResponse}},
+            summary="List dead-lettered jobs, newest first (pages bounded in count and bytes)",
             dependencies=[Scope(READ)])
 async def list_dead(
     service: Service,
     caller: Caller,
     job_type: JobTypeFilter = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> JobPage:
-    rows = await service.list_jobs(status=Status.FAILED, job_type=job_type,
-                                   before_seq=decode_cursor(cursor), limit=limit + 1,
-                                   namespace=caller.namespace)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return JobPage(items=[JobOut.of(service.registry.redacted(r)) for r in rows],
-                   next_cursor=encode_cursor(rows[-1]["seq"]) if more else None)
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    fields: FieldsQuery = Fields.full,
+) -> Response:
+    return await listing.page(service, status=Status.FAILED, job_type=job_type, limit=limit,
+                              cursor=cursor, fields=fields, namespace=caller.namespace)
 
 
 @router.post("/redrive", response_model=CountResult,

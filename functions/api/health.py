@@ -20,7 +20,8 @@ router = APIRouter(tags=["health"])
 
 
 # Public: load balancers and uptime checks call it without a credential, so it says which
-# store failed and how (the exception's type), never a host, port or message (logged).
+# store failed and whether it refused or timed out, never a host, port, exception or
+# message (those are logged).
 @router.get("/health", response_model=Health, dependencies=[Public()],
             responses={503: {"model": ErrorResponse, "description": "A dependency failed"}})
 async def health(service: Service) -> Health | JSONResponse:
@@ -38,9 +39,9 @@ async def health(service: Service) -> Health | JSONResponse:
             await asyncio.wait_for(probe(), timeout)
             return "ok"
         except Exception as exc:  # any failure: report it, never raise
-            log.warning("health probe failed", extra={"probe": probe.__name__,
+            log.warning("health probe failed", extra={"store": probe.__name__,
                                                       "error": repr(exc)})
-            return type(exc).__name__
+            return "timed out" if isinstance(exc, TimeoutError) else "unreachable"
 
     # Side by side: two hung stores cost one timeout, not two.
     results = await asyncio.gather(check(postgres), check(redis))

@@ -82,9 +82,17 @@ class TypeLimit:
     per_ms: int = 1000
 
 
-def connect(url: str) -> aioredis.Redis:
+def connect(url: str, max_connections: int | None = None,
+            pool_timeout: float = 5.0) -> aioredis.Redis:
     # hiredis parses replies when installed (it is a dependency).
-    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    if max_connections is None:
+        return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    # Bounded: a burst of requests waits up to pool_timeout for a free connection instead
+    # of opening one each (then ConnectionError, which the API answers as a 503).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout, decode_responses=True,
+        health_check_interval=30)
+    return aioredis.Redis.from_pool(pool)
 
 
 class RedisQueue:

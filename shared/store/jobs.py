@@ -31,6 +31,11 @@ JOB_COLUMNS = """id, seq, queue, job_type, payload, priority, status, status_rea
     idempotency_key, request_hash, cancel_requested, lease_owner, created_at, updated_at,
     started_at, finished_at, namespace"""
 
+# A job without its payload and result: list pages asked for ``fields=summary``.
+SUMMARY_COLUMNS = """id, seq, queue, job_type, priority, status, status_reason, scheduled_at,
+    run_at, attempts, max_retries, timeout_seconds, last_error, cancel_requested,
+    created_at, updated_at, started_at, finished_at, namespace"""
+
 # Columns a worker needs to run a job (and to hand it back to Redis).
 CLAIM_COLUMNS = """id, seq, queue, job_type, payload, priority, attempts, max_retries,
     timeout_seconds, cancel_requested, created_at, scheduled_at, schedule_id, fire_time,
@@ -242,6 +247,46 @@ class JobStore:
         return await self.pool.fetch(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ${len(args)}",
             *args)
+
+    async def list_page(self, *, status: Status | None = None, job_type: str | None = None,
+                        before_seq: int | None = None, limit: int = 50, max_bytes: int,
+                        summary: bool = False, namespace: str | None = None
+                        ) -> tuple[list[asyncpg.Record], bool]:
+        """A list page bounded by count and by size: newest first, at most ``limit`` rows,
+        and no more payload and result text than ``max_bytes`` (the first row always). Also
+        whether more rows follow. ``summary`` leaves payload and result out altogether.
+
+        The size is summed in PostgreSQL so that rows beyond the budget never reach this
+        process: 500 jobs of 256 KiB would otherwise be 128 MB in memory for a 1 MB page.
+        """
+        fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
+                     "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
+        given = {"status": status.value if status else None, "job_type": job_type,
+                 "before_seq": before_seq, "namespace": namespace}
+        where, args = [], []
+        for name, value in given.items():
+            if value is not None:
+                args.append(value)
+                where.append(fragments[name].format(len(args)))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        size = ("0" if summary else
+                "octet_length(payload::text) + coalesce(octet_length(result::text), 0)")
+        columns = SUMMARY_COLUMNS if summary else JOB_COLUMNS
+        args += [limit + 1, limit, max_bytes]
+        rows = await self.pool.fetch(
+            f"""
+            WITH page AS (
+                SELECT seq, {size} AS size FROM jobs {clause} ORDER BY seq DESC
+                LIMIT ${len(args) - 2}),
+            kept AS (
+                SELECT seq FROM (SELECT seq, sum(size) OVER (ORDER BY seq DESC) - size
+                                        AS before FROM page) sized
+                WHERE before < ${len(args)} ORDER BY seq DESC LIMIT ${len(args) - 1})
+            SELECT {columns}, (SELECT count(*) FROM page) AS page_rows
+            FROM jobs WHERE seq IN (SELECT seq FROM kept) ORDER BY seq DESC
+            """, *args)
+        more = bool(rows) and rows[0]["page_rows"] > len(rows)
+        return rows, more
 
     async def history(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
         """Every state change of a job, oldest first. The first entry, its creation, is
