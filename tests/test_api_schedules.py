@@ -285,3 +285,33 @@ async def test_a_webhook_templates_credentials_are_sealed_and_never_shown(settin
             registry.remove_schedule("hook-code")
     finally:
         await app.state.stores.close()
+
+
+async def test_a_list_page_stops_at_its_byte_bound(settings):
+    from functions.api.app import create_app
+
+    small = settings.model_copy(update={"api_page_max_bytes": 4096})
+    app = create_app(small)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api",
+                                     headers=await admin_headers(small)) as client:
+            for i in range(6):
+                made = await client.post(BASE, json=body(name=f"big-{i}", job={
+                    "job_type": "record", "payload": {"tag": "x" * 1500}}))
+                assert made.status_code == 201, made.text
+            names: list[str] = []
+            cursor = None
+            while True:
+                resp = await client.get(BASE, params={"limit": 200, **(
+                    {"cursor": cursor} if cursor else {})})
+                assert resp.status_code == 200 and len(resp.content) <= 4096
+                page = resp.json()
+                assert page["items"]
+                names += [s["name"] for s in page["items"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            assert names == [f"big-{i}" for i in range(6)]
+    finally:
+        await app.state.stores.close()

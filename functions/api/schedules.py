@@ -88,22 +88,39 @@ async def create_schedule(spec: ScheduleCreate, schedules: Schedules, response: 
     return _out(schedules, row)
 
 
-@router.get("", response_model=SchedulePage, summary="List schedules by name",
+@router.get("", response_model=SchedulePage, responses=errors(422),
+            summary="List schedules by name (pages bounded in count and bytes)",
             dependencies=[Scope(READ)])
 async def list_schedules(
     schedules: Schedules,
     caller: Caller,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=200, description="Most schedules on the page; "
+                                "fewer when the page reaches its byte bound.")] = 50,
     cursor: Annotated[str | None, Query(max_length=400,
                                         description="next_cursor of the previous page")] = None,
-) -> SchedulePage:
+) -> Response:
+    """Like the job lists, a page stops before its JSON passes ``AJS_API_PAGE_MAX_BYTES``
+    (a larger schedule still comes back, alone): templates hold payloads of up to 256 KiB,
+    and Lambda answers at most 6 MB."""
     rows = await schedules.page(after=decode_cursor(cursor), limit=limit + 1,
                                 namespace=caller.namespace)
     more = len(rows) > limit
-    rows = rows[:limit]
-    return SchedulePage(items=[_out(schedules, r) for r in rows],
-                        next_cursor=encode_cursor(rows[-1]["name"], rows[-1]["id"])
-                        if more else None)
+    budget = schedules.settings.api_page_max_bytes
+    items: list[bytes] = []
+    size = len(b'{"items":[],"next_cursor":""}') + 128  # the envelope and a cursor
+    last = None
+    for row in rows[:limit]:
+        item = _out(schedules, row).model_dump_json().encode()
+        if items and size + len(item) + 1 > budget:
+            more = True
+            break
+        items.append(item)
+        size += len(item) + 1
+        last = row
+    next_cursor = (json.dumps(encode_cursor(last["name"], last["id"])).encode()
+                   if more and last is not None else b"null")
+    body = b'{"items":[' + b",".join(items) + b'],"next_cursor":' + next_cursor + b"}"
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{schedule_id}", response_model=ScheduleOut, responses=errors(404, 422),
