@@ -38,7 +38,8 @@ SUMMARY_COLUMNS = """id, seq, queue, job_type, priority, status, status_reason, 
 
 # Columns a worker needs to run a job (and to hand it back to Redis).
 CLAIM_COLUMNS = """id, seq, queue, job_type, payload, priority, attempts, max_retries,
-    timeout_seconds, cancel_requested, created_at, scheduled_at"""
+    timeout_seconds, cancel_requested, created_at, scheduled_at, schedule_id, fire_time,
+    skip_overlap"""
 
 # Columns Redis needs to place a job (queue, type, ready score, due time).
 PLACE_COLUMNS = "id, queue, job_type, priority, seq, status, run_at"
@@ -53,6 +54,20 @@ INSERT_SQL = """
                 $12::text[])
          AS u(i, q, t, p, pr, st, s, mr, ts, k, h, ns)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, seq, created_at"""
+
+# The runs of recurring schedules: the unique key (schedule_id, fire_time) makes a fire
+# time that another pass already made a no-op, whatever the timing (exactly one job each).
+INSERT_RUNS_SQL = """
+    INSERT INTO jobs (id, queue, job_type, payload, priority, status, scheduled_at, run_at,
+                      max_retries, timeout_seconds, schedule_id, fire_time, skip_overlap,
+                      namespace)
+    SELECT i, q, t, p, pr, st, s, s, mr, ts, sid, ft, so, ns
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::text[],
+                $7::timestamptz[], $8::int[], $9::float8[], $10::uuid[], $11::timestamptz[],
+                $12::bool[], $13::text[])
+         AS u(i, q, t, p, pr, st, s, mr, ts, sid, ft, so, ns)
+    ON CONFLICT (schedule_id, fire_time) WHERE schedule_id IS NOT NULL DO NOTHING
     RETURNING id, seq, created_at"""
 
 
@@ -109,6 +124,9 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     namespace: str | None = None  # the tenant; None: created by an unbound caller
+    schedule_id: uuid.UUID | None = None  # a recurring schedule's run, at fire_time
+    fire_time: datetime | None = None
+    skip_overlap: bool = False
 
 
 class JobStore:
@@ -159,6 +177,44 @@ class JobStore:
         by_id = {r["id"]: r for r in made}
         return [_new_row(i, job, by_id[i]) for i, job in zip(ids, jobs, strict=True)
                 if i in by_id]
+
+    async def insert_runs(self, jobs: Sequence[NewJob]) -> list[Row]:
+        """Insert schedule runs; those whose (schedule, fire time) exists are skipped."""
+        ids = [uuid.uuid4() for _ in jobs]
+        made = await self.pool.fetch(
+            INSERT_RUNS_SQL, ids, [j.queue for j in jobs], [j.job_type for j in jobs],
+            [j.payload for j in jobs], [j.priority for j in jobs],
+            [j.status.value for j in jobs], [j.scheduled_at for j in jobs],
+            [j.max_retries for j in jobs], [j.timeout_seconds for j in jobs],
+            [j.schedule_id for j in jobs], [j.fire_time for j in jobs],
+            [j.skip_overlap for j in jobs], [j.namespace for j in jobs])
+        by_id = {r["id"]: r for r in made}
+        return [_new_row(i, job, by_id[i]) for i, job in zip(ids, jobs, strict=True)
+                if i in by_id]
+
+    async def overlapping(self, rows: Sequence[Row]) -> dict[str, str]:
+        """Of just-claimed schedule runs that skip overlaps, those an *earlier* run of the
+        same schedule is still running (PROCESSING), with their schedule's name. Only an
+        earlier run counts, so two runs starting together never skip each other."""
+        runs = [r for r in rows if r.get("skip_overlap") and r.get("schedule_id")]
+        if not runs:
+            return {}
+        found = await self.pool.fetch(
+            """
+            SELECT c.id, coalesce(s.namespace || '/', '') || coalesce(s.name, c.schedule_id::text)
+                   AS schedule
+            FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS c(id, schedule_id, ft)
+            LEFT JOIN schedules s ON s.id = c.schedule_id
+            WHERE EXISTS (SELECT 1 FROM jobs j
+                          WHERE j.schedule_id = c.schedule_id AND j.fire_time < c.ft
+                            AND j.status = 'PROCESSING')""",
+            [r["id"] for r in runs], [r["schedule_id"] for r in runs],
+            [r["fire_time"] for r in runs])
+        return {str(r["id"]): r["schedule"] for r in found}
+
+    def acquire(self) -> Any:
+        """One connection (the store's own when it holds one), for a transaction."""
+        return self._acquire()
 
     def _acquire(self) -> Any:
         if isinstance(self.pool, asyncpg.Pool):
