@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +15,9 @@ from shared.job_types.data_processing import DataProcessingPayload
 from shared.job_types.data_processing.pipeline import pipeline
 from shared.registry import PermanentError
 from shared.settings import Settings
-from tests.support.memory import kib, reset_peak
 from tests.support import job_api
 from tests.support.aws_moto import Moto, use_moto
+from tests.support.memory import kib, reset_peak
 
 # Peak RSS growth allowed for a worker process streaming the 200,000-row input below
 # (14 MiB of csv in, 12 MiB out). Loading it whole would need well over 100 MiB

@@ -10,7 +10,6 @@ import io
 import struct
 import sys
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +17,9 @@ from PIL import Image
 
 from shared.job_types.aws import AwsClients
 from shared.settings import Settings
-from tests.support.memory import kib, reset_peak
 from tests.support import job_api
 from tests.support.aws_moto import Moto, use_moto
+from tests.support.memory import kib, reset_peak
 from tests.support.waits import eventually
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)

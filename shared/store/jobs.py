@@ -310,7 +310,7 @@ class JobStore:
         The totals as of the last fold plus the changes since (``job_count_deltas``, which
         triggers write in the same transaction as each change): a few hundred rows whatever
         the size of the jobs table, per namespace ('' for jobs without one). See
-        migration 0004.
+        migration 0003.
         """
         rows = await self.pool.fetch(
             """
