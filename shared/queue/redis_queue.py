@@ -14,20 +14,34 @@ touches a single Redis Cluster slot):
 
 Every multi-key step is one Lua script (``shared/queue/lua``). Scripts read Redis's own clock, so
 all workers agree on "now".
+
+On a Redis Cluster (``AJS_REDIS_CLUSTER``) the hash tag puts a whole queue in one slot, so
+every script runs on the one master that owns it (redis-py routes a script by its first
+key), and different queues spread over slots and masters. Scripts also build keys from
+``base`` (``ready:<type>``, ``running:<type>``, ``rate:<type>``, ``lock:<id>``): they carry
+the same tag, so they are in the script's slot, which Redis requires of every key a script
+touches. Cancel signals use sharded pub/sub there (see :class:`CancelSubscription`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, SlotNotCoveredError
+from redis.typing import EncodableT
 
 if TYPE_CHECKING:
     from shared.core.lifecycle import Move
@@ -82,14 +96,62 @@ class TypeLimit:
     per_ms: int = 1000
 
 
-def connect(url: str) -> aioredis.Redis:
-    # hiredis parses replies when installed (it is a dependency).
+# A single node or a cluster: the commands we use exist on both, routed by key on a cluster.
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+
+
+@contextlib.contextmanager
+def cluster_reachable() -> Iterator[None]:
+    """A cluster that cannot be reached raises what a single node raises: ConnectionError.
+
+    redis-py's cluster client says "no node answers" (or "a slot has no master", during a
+    failover) with RedisClusterException, which is not a RedisError, so every ``except
+    RedisError`` that keeps a loop alive or turns an outage into a 503 would miss it.
+    Its other uses (a command whose keys span slots) are bugs and pass unchanged.
+    """
+    try:
+        yield
+    except RedisClusterException as exc:
+        if isinstance(exc, SlotNotCoveredError) or isinstance(
+                exc.__cause__, RedisConnectionError | OSError) or "not covered" in str(exc):
+            raise RedisConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+        raise
+
+
+class Cluster(RedisCluster):
+    """redis-py's asyncio RedisCluster, with :func:`cluster_reachable`'s errors."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        with cluster_reachable():
+            return await super().initialize(*args, **kwargs)
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        with cluster_reachable():
+            return await super().execute_command(*args, **kwargs)
+
+
+def connect(url: str, *, cluster: bool = False) -> RedisClient:
+    """``cluster``: ``url`` is any one node of a Redis Cluster; the client learns the slot
+    map from it and follows MOVED/ASK redirections. hiredis parses replies when installed
+    (it is a dependency)."""
+    if cluster:
+        return Cluster.from_url(url, decode_responses=True, health_check_interval=30)
     return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
 
 
+async def ping(client: RedisClient) -> None:
+    """Every master must answer: on a cluster a master that is down leaves its slots, and
+    the queues in them, unserved, although the other nodes still answer."""
+    if isinstance(client, RedisCluster):
+        await client.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await client.ping()
+
+
 class RedisQueue:
-    def __init__(self, client: aioredis.Redis, prefix: str, queue: str = "default") -> None:
+    def __init__(self, client: RedisClient, prefix: str, queue: str = "default") -> None:
         self.redis = client
+        self.sharded = isinstance(client, RedisCluster)  # sharded pub/sub for cancels
         self.queue = queue
         self.base = f"{{{prefix}:{queue}}}"
         b = self.base
@@ -128,10 +190,18 @@ class RedisQueue:
     async def request_cancel(self, job_id: uuid.UUID | str) -> None:
         """Tell whichever worker runs the job; the set covers a worker that missed the
         message (its next heartbeat sees it)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self.k_cancel, str(job_id))
-            pipe.publish(self.cancel_channel, str(job_id))
-            await pipe.execute()
+        with cluster_reachable():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(self.k_cancel, str(job_id))
+                if self.sharded:
+                    pipe.spublish(self.cancel_channel, str(job_id))
+                else:
+                    pipe.publish(self.cancel_channel, str(job_id))
+                await pipe.execute()
+
+    def cancel_requests(self) -> CancelSubscription:
+        """``async with queue.cancel_requests() as feed: job_id = await feed.next(1.0)``"""
+        return CancelSubscription(self)
 
     # --- worker side --------------------------------------------------------------------------
 
@@ -219,8 +289,71 @@ class RedisQueue:
         }
 
     async def now_ms(self) -> int:
-        sec, usec = await self.redis.time()
-        return int(sec) * 1000 + int(usec) // 1000
+        """The clock the queue's scripts read: on a cluster, that of the master owning the
+        queue's slot (a plain TIME would ask whichever node the client picks)."""
+        return int(await self._run("now", [self.k_lease], []))
+
+
+class CancelSubscription:
+    """Cancel requests as they are published, for the worker's listener.
+
+    One node: classic SUBSCRIBE. A cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH) on the
+    channel ``{prefix:queue}:cancel``, which has the queue's hash tag, so the message stays
+    on the shard that owns the queue instead of being broadcast over the whole cluster bus
+    as a classic PUBLISH is. When the slot moves (resharding, failover) the server drops the
+    subscription with an ``sunsubscribe``: :meth:`next` raises then, and the listener
+    subscribes again; the cancel set covers what was published meanwhile (the heartbeat
+    reads it).
+    """
+
+    def __init__(self, queue: RedisQueue) -> None:
+        self.queue = queue
+        self._ps: PubSub | None = None
+
+    async def __aenter__(self) -> CancelSubscription:
+        redis = self.queue.redis
+        if isinstance(redis, RedisCluster):
+            # SSUBSCRIBE picks its node from the slot map, which a fresh client has not
+            # fetched yet (it would raise SlotNotCoveredError).
+            await redis.initialize()
+        ps = redis.pubsub()
+        self._ps = ps
+        try:
+            with cluster_reachable():
+                if isinstance(ps, ClusterPubSub):
+                    await ps.ssubscribe(self.queue.cancel_channel)
+                else:
+                    await ps.subscribe(self.queue.cancel_channel)
+        except BaseException:
+            self._ps = None
+            await ps.aclose()  # type: ignore[no-untyped-call]
+            raise
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._ps is not None:
+            ps, self._ps = self._ps, None
+            await ps.aclose()  # type: ignore[no-untyped-call]
+
+    async def next(self, seconds: float) -> str | None:
+        """The next job id whose cancel was requested, or None after ``seconds``."""
+        ps = self._ps
+        if ps is None:
+            raise RuntimeError("not subscribed: use `async with`")
+        if isinstance(ps, ClusterPubSub):
+            with cluster_reachable():
+                msg = await ps.get_sharded_message(timeout=seconds)
+        else:
+            msg = await ps.get_message(timeout=seconds)
+        if msg is None:
+            return None
+        kind = msg.get("type")
+        if kind in ("message", "smessage"):
+            return str(msg["data"])
+        if kind in ("unsubscribe", "sunsubscribe"):
+            raise RedisConnectionError(f"cancel subscription dropped by the server ({kind})")
+        return None  # our own (s)subscribe confirmation
 
 
 def wall_ms() -> int:
