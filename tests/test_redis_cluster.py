@@ -58,6 +58,7 @@ from tests.test_queue_scripts import (  # noqa: F401
     test_delayed_jobs_are_promoted_when_due_and_not_before,
     test_heartbeat_keeps_our_locks_and_reports_lost_ones,
     test_rate_limit_window_and_wake_hint,
+    test_reconcile_gives_a_ready_job_back_the_type_the_claim_looks_for,
 )
 from tests.test_rate_limits import (  # noqa: F401
     limited_types,  # the module's autouse fixture: the limited job types
