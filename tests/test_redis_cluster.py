@@ -305,3 +305,59 @@ async def test_an_unreachable_cluster_is_a_redis_outage_not_a_crash(
                 pass
     finally:
         await queue.redis.aclose()
+
+
+async def test_a_queue_keeps_working_while_its_slot_moves_to_another_master(
+        service: Any, store: Any, stores: Stores, db: Any, start_worker: Any,
+        redis_cluster: RedisClusterServers, masters: list[aioredis.Redis]) -> None:
+    """Resharding under a running worker: the queue's slot moves (keys and all) to another
+    master; the worker follows it (MOVED), its cancel subscription follows it (the old
+    master drops it with an ``sunsubscribe``), and new jobs drain on the new master."""
+    long, _ = await service.create(JobCreate(job_type="record", payload={"seconds": 60}))
+    await start_worker(lease_seconds=30.0, worker_concurrency=4)  # heartbeat every 10 s
+
+    async def long_running() -> bool:
+        return bool(await db.fetchval("SELECT count(*) FROM runs WHERE job_id = $1",
+                                      long["id"]))
+
+    await eventually(long_running, timeout=20, what="the long job to start")
+    queue = stores.queue()
+    slot = key_slot(queue.base.encode())
+    before = (await _slot_owners(masters[0]))[slot]
+    target = next(p for p in redis_cluster.ports if p != before)
+    await asyncio.to_thread(redis_cluster.move_slot, slot, target)
+    assert (await _slot_owners(masters[0]))[slot] == target
+
+    asked = time.monotonic()
+    outcome, _ = await service.cancel(long["id"])
+    assert outcome == "requested"
+
+    async def cancelled() -> bool:
+        return (await store.get(long["id"]))["status"] == "CANCELLED"
+
+    await eventually(cancelled, timeout=15, what="CANCELLED")
+    # not the heartbeat (every 10 s): the listener, subscribed again on the new master
+    # (a cancel sent before that is read from the cancel set as it subscribes)
+    assert time.monotonic() - asked < 5
+    new_master = stores.redis.get_node(host="127.0.0.1", port=target)
+
+    async def subscribed_there() -> bool:
+        counts = await stores.redis.pubsub_shardnumsub(queue.cancel_channel,
+                                                       target_nodes=new_master)
+        return dict(counts).get(queue.cancel_channel, 0) > 0
+
+    assert isinstance(stores.redis, RedisCluster) and new_master is not None
+    await eventually(subscribed_there, what="the SSUBSCRIBE on the new master")
+
+    await service.create_many([JobCreate(job_type="record", payload={"tag": str(i)})
+                                 for i in range(20)])
+
+    async def drained() -> bool:
+        return await db.fetchval("SELECT count(*) FROM jobs WHERE status = 'COMPLETED'") == 20
+
+    await eventually(drained, timeout=20, what="20 jobs completed after the move")
+    # a drained queue has no keys left: place one far ahead, and look for it on each master
+    await queue.push([Placement(uuid.uuid4(), "noop", 5, 1, await queue.now_ms() + 3_600_000)])
+    by_port = {m.connection_pool.connection_kwargs["port"]: m for m in masters}
+    assert await by_port[target].zcard(queue.k_delayed) == 1
+    assert [k async for k in by_port[before].scan_iter(match=f"{queue.base}*")] == []

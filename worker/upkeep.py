@@ -77,6 +77,11 @@ def background(worker: Worker) -> list[asyncio.Task[None]]:
     async def listen_for_cancels() -> None:
         # Classic pub/sub on one node, sharded pub/sub on a cluster (shared.queue).
         async with worker.queue.cancel_requests() as feed:
+            # Subscribed (again, after a dropped connection or a moved cluster slot): a
+            # cancel published while we were not is in the cancel set; act on it now
+            # rather than at the next heartbeat.
+            for missed in await worker.queue.cancels_among(list(worker.running)):
+                worker.cancel(missed)
             while not worker.closed:
                 job_id = await feed.next(1.0)
                 if job_id is not None:

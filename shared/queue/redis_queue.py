@@ -199,6 +199,13 @@ class RedisQueue:
                     pipe.publish(self.cancel_channel, str(job_id))
                 await pipe.execute()
 
+    async def cancels_among(self, job_ids: Sequence[str]) -> list[str]:
+        """Which of these jobs have a cancel request waiting (one key: any deployment)."""
+        if not job_ids:
+            return []
+        found = await self.redis.smismember(self.k_cancel, list(job_ids))
+        return [j for j, hit in zip(job_ids, found, strict=True) if hit]
+
     def cancel_requests(self) -> CancelSubscription:
         """``async with queue.cancel_requests() as feed: job_id = await feed.next(1.0)``"""
         return CancelSubscription(self)
@@ -313,9 +320,12 @@ class CancelSubscription:
     async def __aenter__(self) -> CancelSubscription:
         redis = self.queue.redis
         if isinstance(redis, RedisCluster):
-            # SSUBSCRIBE picks its node from the slot map, which a fresh client has not
-            # fetched yet (it would raise SlotNotCoveredError).
-            await redis.initialize()
+            # SSUBSCRIBE picks its node from the client's slot map, which redis-py updates
+            # on a MOVED reply to a keyed command but not to SSUBSCRIBE: a stale map (the
+            # slot just moved, which is why we are subscribing again) would send it to
+            # the old master again and again. One keyed command of the queue's slot
+            # brings the map up to date first (and fetches it, for a fresh client).
+            await redis.exists(self.queue.k_cancel)
         ps = redis.pubsub()
         self._ps = ps
         try:

@@ -187,6 +187,31 @@ class RedisClusterServers:
     def urls(self) -> list[str]:
         return [f"redis://127.0.0.1:{p}/0" for p in self.ports]
 
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Move one slot, keys and all, to the master on ``to_port`` while clients use it:
+        the steps ``redis-cli --cluster reshard`` takes (IMPORTING/MIGRATING, MIGRATE in
+        batches, SETSLOT NODE on every master), for the one slot a test chooses."""
+        import redis
+
+        nodes = {p: redis.Redis(port=p, decode_responses=True) for p in self.ports}
+        try:
+            ids = {p: str(n.execute_command("CLUSTER MYID")) for p, n in nodes.items()}
+            src = next(int(primary[1]) for start, end, primary, *_ in
+                       nodes[to_port].execute_command("CLUSTER SLOTS")
+                       if int(start) <= slot <= int(end))
+            if src == to_port:
+                return
+            nodes[to_port].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[src])
+            nodes[src].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to_port])
+            while keys := nodes[src].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                nodes[src].execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000,
+                                           "KEYS", *keys)
+            for p in (to_port, src, *(q for q in self.ports if q not in (to_port, src))):
+                nodes[p].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to_port])
+        finally:
+            for n in nodes.values():
+                n.close()
+
     def stop(self) -> None:
         for proc in self.procs:
             stop_process(proc)
@@ -203,3 +228,4 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
         if time.monotonic() > deadline or proc.poll() is not None:
             raise RuntimeError(f"redis-server on port {port} did not start")
         time.sleep(0.02)
+
