@@ -361,3 +361,51 @@ async def test_a_queue_keeps_working_while_its_slot_moves_to_another_master(
     by_port = {m.connection_pool.connection_kwargs["port"]: m for m in masters}
     assert await by_port[target].zcard(queue.k_delayed) == 1
     assert [k async for k in by_port[before].scan_iter(match=f"{queue.base}*")] == []
+
+
+async def test_an_idle_worker_blocks_on_the_queues_master_without_polling(
+        settings: Settings, stores: Stores, start_worker: Any,
+        masters: list[aioredis.Redis]) -> None:
+    """BLPOP on the signal list goes to the master of the queue's slot and blocks there:
+    a handful of round trips a second across the whole cluster, and a push still wakes
+    the worker at once."""
+    handle = await start_worker(idle_poll_seconds=1.0)
+    await eventually(lambda: _true_if(handle.worker.ready), what="the worker to be ready")
+    await asyncio.sleep(0.3)  # its start-up round trips are not what is measured
+    await asyncio.gather(*(m.config_resetstat() for m in masters))
+    started = time.monotonic()
+    await asyncio.sleep(3.0)  # the idle interval being measured (the condition under test)
+    stats = await asyncio.gather(*(m.info("commandstats") for m in masters))
+    elapsed = time.monotonic() - started
+    trips = sum(s.get(f"cmdstat_{c}", {}).get("calls", 0) for s in stats
+                for c in ("evalsha", "eval", "blpop", "ping", "get", "set", "exists",
+                          "cluster|slots", "cluster|nodes"))
+    assert trips / elapsed < 10, f"{trips / elapsed:.1f} round trips/s while idle"
+    queue = stores.queue()
+    await queue.push([Placement(uuid.uuid4(), "noop", 5, 1)])
+
+    async def taken() -> bool:
+        return await stores.redis.zcard(queue.ready_key("noop")) == 0
+
+    await eventually(taken, timeout=2, what="the idle worker to wake and claim")
+
+
+async def _true_if(value: bool) -> bool:
+    return value
+
+
+async def test_flushall_reaches_every_master(settings: Settings, stores: Stores,
+                                             masters: list[aioredis.Redis]) -> None:
+    """What the FLUSHALL tests above rely on: redis-py sends it to every master, so all of
+    Redis is lost, not only the master of the queue."""
+    owners = await _slot_owners(masters[0])
+    keys: dict[int, str] = {}
+    for i in range(200):  # one key on each master
+        key = f"{{{settings.redis_prefix}:k{i}}}"
+        keys.setdefault(owners[key_slot(key.encode())], key)
+    assert len(keys) == 3
+    for key in keys.values():
+        await stores.redis.set(key, "1")
+    assert all(await asyncio.gather(*(m.dbsize() for m in masters)))
+    await stores.redis.flushall()
+    assert await asyncio.gather(*(m.dbsize() for m in masters)) == [0, 0, 0]
