@@ -409,3 +409,39 @@ async def test_flushall_reaches_every_master(settings: Settings, stores: Stores,
     assert all(await asyncio.gather(*(m.dbsize() for m in masters)))
     await stores.redis.flushall()
     assert await asyncio.gather(*(m.dbsize() for m in masters)) == [0, 0, 0]
+
+
+async def test_moving_the_slot_mid_drain_loses_no_job(
+        service: Any, stores: Stores, registry: Any, db: Any, start_worker: Any,
+        redis_cluster: RedisClusterServers, masters: list[aioredis.Redis]) -> None:
+    """The slot moves one key at a time (half moved for a second) while two workers claim
+    and settle as fast as they can. Their scripts fail meanwhile and they retry; with the
+    next scheduler tick every job completes, each exactly once."""
+    from functions.scheduler.tick import tick
+
+    n = 300
+    await service.create_many([JobCreate(job_type="record", payload={"seconds": 0.01,
+                                                                     "tag": str(i)})
+                               for i in range(n)])
+    await start_worker(worker_concurrency=4)
+    await start_worker(worker_concurrency=4)
+
+    async def some_ran() -> bool:
+        return await db.fetchval("SELECT count(*) FROM runs") >= 30
+
+    await eventually(some_ran, what="the drain to start")
+    queue = stores.queue()
+    slot = key_slot(queue.base.encode())
+    before = (await _slot_owners(masters[0]))[slot]
+    await asyncio.to_thread(redis_cluster.move_slot, slot,
+                            next(p for p in redis_cluster.ports if p != before), 1, 0.05)
+    assert await db.fetchval("SELECT count(*) FROM runs") < n  # it moved mid-drain
+    await tick(stores, registry)
+
+    async def all_done() -> bool:
+        return await db.fetchval("SELECT count(*) FROM jobs WHERE status = 'COMPLETED'") == n
+
+    await eventually(all_done, timeout=30, what=f"{n} jobs completed")
+    dupes = await db.fetchval(
+        "SELECT count(*) FROM (SELECT job_id FROM runs GROUP BY job_id HAVING count(*) > 1) d")
+    assert dupes == 0

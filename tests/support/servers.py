@@ -187,10 +187,13 @@ class RedisClusterServers:
     def urls(self) -> list[str]:
         return [f"redis://127.0.0.1:{p}/0" for p in self.ports]
 
-    def move_slot(self, slot: int, to_port: int) -> None:
+    def move_slot(self, slot: int, to_port: int, batch: int = 10,
+                  pause: float = 0.0) -> None:
         """Move one slot, keys and all, to the master on ``to_port`` while clients use it:
-        the steps ``redis-cli --cluster reshard`` takes (IMPORTING/MIGRATING, MIGRATE in
-        batches, SETSLOT NODE on every master), for the one slot a test chooses."""
+        the steps ``redis-cli --cluster reshard`` takes (IMPORTING/MIGRATING, MIGRATE
+        ``batch`` keys at a time, as its ``--cluster-pipeline`` (10), SETSLOT NODE on every
+        master), for the one slot a test chooses; ``pause`` seconds between batches keep
+        the slot half moved for longer."""
         import redis
 
         nodes = {p: redis.Redis(port=p, decode_responses=True) for p in self.ports}
@@ -203,9 +206,10 @@ class RedisClusterServers:
                 return
             nodes[to_port].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[src])
             nodes[src].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to_port])
-            while keys := nodes[src].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            while keys := nodes[src].execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
                 nodes[src].execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000,
                                            "KEYS", *keys)
+                time.sleep(pause)
             for p in (to_port, src, *(q for q in self.ports if q not in (to_port, src))):
                 nodes[p].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to_port])
         finally:
