@@ -151,14 +151,17 @@ class Testbed:
                 "redis": str(info.get("redis_version"))}
 
     async def wipe(self) -> None:
-        """Empty the jobs (history too), vacuum, checkpoint, and drop our Redis keys.
+        """Empty the jobs, their history and counts, vacuum, checkpoint, and drop our Redis
+        keys.
 
         The checkpoint starts every step with no dirty buffers pending, as the peer
         harness does for its PostgreSQL peers.
         """
-        await self.db.execute("TRUNCATE jobs CASCADE")
-        await self.db.execute("VACUUM ANALYZE jobs")
-        await self.db.execute("VACUUM ANALYZE job_transitions")
+        # Every table a step fills: the history has no foreign key to jobs, so CASCADE
+        # alone would leave it growing across steps and runs.
+        await self.db.execute("TRUNCATE jobs, job_transitions, job_counts, job_count_deltas")
+        for table in ("jobs", "job_transitions", "job_counts", "job_count_deltas"):
+            await self.db.execute(f"VACUUM ANALYZE {table}")
         await self.db.execute("CHECKPOINT")
         pattern = f"{{{self.target.prefix}:*"  # every key we write starts with {prefix:
         batch: list[str] = []

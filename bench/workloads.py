@@ -39,6 +39,7 @@ from shared.api_schemas import JobCreate
 from shared.connections import Stores
 from shared.core.service import JobService
 from shared.registry import load
+from shared.store.api_keys import ApiKeyStore
 
 CHUNK = 1000
 UNFINISHED = ("PENDING", "QUEUED", "PROCESSING", "RETRYING")
@@ -154,7 +155,12 @@ class Bench:
         try:
             await server.ready()
             server_cpu0 = process_cpu_s(server.pid)
-            async with httpx.AsyncClient(base_url=server.base_url, timeout=60.0) as client:
+            # With a key, as in production: its lookup is cached, so it is measured too.
+            assert self.bed.pg is not None
+            key, _ = await ApiKeyStore(self.bed.pg).create("bench", ["jobs:write"], None)
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=60.0,
+                                         headers={"Authorization": f"Bearer {key}"}
+                                         ) as client:
                 probe = await client.post("/api/v1/jobs", json=body(-1.0))
                 if probe.status_code != 201:
                     raise RuntimeError(f"probe create failed: {probe.status_code} {probe.text}")

@@ -5,6 +5,10 @@
   Debian's binaries, installed with apt-get when missing and run as root) and removed on
   exit.
 - Migrations run by themselves.
+- Access: a local admin API key, created on first use and kept in ``.local/dev-api-key``
+  (reused while the database still knows it), printed so that the README's curl
+  examples work (``-H "Authorization: Bearer $AJS_KEY"``). Authentication stays on, as
+  everywhere else: the key is what a newcomer's first curl sends.
 - AWS (S3 for job artifacts, SES for email): ``AJS_AWS_ENDPOINT_URL`` when set, else a
   moto server started here with a bucket and a verified sender, so every seed job type
   works offline; a webhook signing secret is generated unless ``AJS_WEBHOOK_SECRET`` is set.
@@ -33,6 +37,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+KEY_FILE = ROOT / ".local" / "dev-api-key"
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -188,6 +193,43 @@ class Throwaway:
                 cleanup()  # type: ignore[operator]
 
 
+def key_is_live(env: dict[str, str], key: str) -> bool:
+    import asyncio
+
+    import asyncpg
+
+    from shared.store.api_keys import ApiKeyStore, digest
+
+    async def check() -> bool:
+        conn = await asyncpg.connect(env["DATABASE_URL"], server_settings={
+            "search_path": env.get("AJS_DB_SCHEMA", "public")})
+        try:
+            return await ApiKeyStore(conn).lookup(digest(key), 60.0) is not None
+        finally:
+            await conn.close()
+
+    return asyncio.run(check())
+
+
+def local_key(env: dict[str, str], path: Path) -> str:
+    """The local admin key: the one kept in ``path`` while the database knows it, else a
+    new one made with the keys CLI (a throwaway database never knows the old one)."""
+    if path.is_file():
+        key = path.read_text().strip()
+        if key and key_is_live(env, key):
+            say(f"reusing the local admin API key kept in {path}")
+            return key
+    made = subprocess.run([sys.executable, "-m", "functions.api.keys", "create", "--scopes",
+                           "admin", "--name", "local admin (scripts/dev.sh)"],
+                          cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    key = made.stdout.strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    say(f"created a local admin API key, kept in {path}")
+    return key
+
+
 def resolve(name: str, default: str, start: object, throwaway: bool) -> str:
     url = os.environ.get(name)
     if throwaway:
@@ -211,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=10, help="worker concurrency")
     parser.add_argument("--throwaway", action="store_true",
                         help="always start throwaway PostgreSQL and Redis servers")
+    parser.add_argument("--key-file", type=Path, default=KEY_FILE,
+                        help=f"where the local admin API key is kept (default {KEY_FILE})")
     args = parser.parse_args(argv)
 
     servers = Throwaway()
@@ -236,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         say("running migrations")
         subprocess.run([sys.executable, "-m", "shared.store.migrate", "upgrade"], check=True,
                        cwd=ROOT, env=env)
+        key = local_key(env, args.key_file)
         commands = {
             "api": [sys.executable, "-m", "uvicorn", "functions.api.app:create_app",
                     "--factory", "--host", "127.0.0.1", "--port", str(args.port),
@@ -251,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         if not stopping:
             say(f"API on http://127.0.0.1:{args.port}/api/v1 (docs: /api/v1/docs); "
                 "worker and scheduler running. Ctrl-C stops everything.")
+            say("every request but /health needs the local admin key; in another shell:")
+            say(f"  export AJS_KEY={key}   # also: export AJS_KEY=$(cat {args.key_file})")
+            say(f'  curl -H "Authorization: Bearer $AJS_KEY" '
+                f"http://127.0.0.1:{args.port}/api/v1/jobs")
         while not stopping:
             for name, proc in children:
                 if proc.poll() is not None:

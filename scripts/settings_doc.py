@@ -20,7 +20,8 @@ END = "<!-- settings-table:end -->"
 
 def _default(info: FieldInfo) -> str:
     if info.default_factory is not None:
-        value: Any = "(per process)" if not isinstance(info.default_factory(), list) else []  # type: ignore[call-arg]
+        made = info.default_factory()  # type: ignore[call-arg]
+        value: Any = made if isinstance(made, list | dict) else "(per process)"
     else:
         value = info.default
     if isinstance(value, str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -79,11 +79,12 @@ class JobBatchCreate(BaseModel):
     jobs: list[JobCreate] = Field(min_length=1, description="Up to 1,000 jobs, all or nothing.")
 
 
-class JobOut(BaseModel):
+class JobSummary(BaseModel):
+    """A job without its payload and result: what a list with ``fields=summary`` holds."""
+
     id: uuid.UUID
     job_type: str
     queue: str
-    payload: dict[str, Any]
     priority: int
     status: Status
     status_reason: str | None = None
@@ -93,19 +94,25 @@ class JobOut(BaseModel):
     attempts: int
     max_retries: int
     timeout_seconds: float
-    result: Any = None
     last_error: str | None = None
     cancel_requested: bool
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    namespace: str | None = Field(
+        None, description="The tenant whose key created the job; null: an unbound key.")
 
     @classmethod
-    def of(cls, row: Any) -> JobOut:
+    def of(cls, row: Any) -> Self:
         data = dict(row)
         data["next_attempt_at"] = data.pop("run_at", None)
         return cls.model_validate(data)
+
+
+class JobOut(JobSummary):
+    payload: dict[str, Any]
+    result: Any = None
 
 
 class Transition(BaseModel):
@@ -122,8 +129,12 @@ class JobDetail(JobOut):
 
 
 class JobPage(BaseModel):
-    items: list[JobOut]
-    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
+    items: list[JobOut | JobSummary] = Field(
+        description="Jobs, newest first: whole (JobOut), or without payload and result "
+        "(JobSummary) when asked for fields=summary.")
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last page. A page "
+        "may hold fewer than `limit` jobs (it is also bounded in bytes) and still have one.")
 
 
 class BatchResult(BaseModel):

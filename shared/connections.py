@@ -19,8 +19,12 @@ from shared.store.pool import create_pool
 
 
 class Stores:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, redis_max_connections: int | None = None,
+                 redis_pool_timeout: float = 5.0) -> None:
+        """``redis_max_connections`` bounds the shared Redis client's pool (the API sets
+        it); None keeps redis-py's default."""
         self.settings = settings
+        self._redis_limit = (redis_max_connections, redis_pool_timeout)
         self._pool: asyncpg.Pool | None = None
         self._redis: RedisClient | None = None
         self._queues: dict[str, RedisQueue] = {}
@@ -40,7 +44,8 @@ class Stores:
     @property
     def redis(self) -> RedisClient:
         if self._redis is None:
-            self._redis = connect(self.settings.redis_url, cluster=self.settings.redis_cluster)
+            self._redis = connect(self.settings.redis_url, *self._redis_limit,
+                                  cluster=self.settings.redis_cluster)
         return self._redis
 
     def queue(self, name: str | None = None) -> RedisQueue:

@@ -17,6 +17,7 @@ class UserError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details or []
+        self.headers: dict[str, str] = {}  # sent with the error response
 
 
 class ValidationFailed(UserError):
@@ -24,6 +25,35 @@ class ValidationFailed(UserError):
 
     status = 422
     code = "validation_error"
+
+
+class Unauthorized(UserError):
+    """No credential, or one we do not accept (RFC 6750: a Bearer challenge)."""
+
+    status = 401
+    code = "unauthorized"
+    challenge = "Bearer"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, [{"loc": ["header", "Authorization"], "msg": message,
+                                    "type": "invalid_credential"}])
+        self.headers = {"WWW-Authenticate": self.challenge}
+
+
+class InvalidCredential(Unauthorized):
+    challenge = 'Bearer error="invalid_token"'
+
+
+class Forbidden(UserError):
+    """A valid credential without the scope the route needs."""
+
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, message: str, scope: str) -> None:
+        super().__init__(message, [{"loc": ["header", "Authorization"],
+                                    "msg": f"needs scope {scope}", "type": "insufficient_scope"}])
+        self.headers = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'}
 
 
 class NotFound(UserError):

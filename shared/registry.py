@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from shared.queue.redis_queue import RedisClient, TypeLimit
 
@@ -79,6 +79,11 @@ class JobContext:
 
 
 Handler = Callable[[Any, JobContext], Awaitable[Any]]
+# Payload hooks (all optional): ``seal`` turns a validated payload into what is stored
+# (secrets encrypted), ``unseal`` turns a stored payload back into one the model accepts,
+# ``redact`` turns a stored payload into what an API answer may show.
+Seal = Callable[[dict[str, Any], "Settings"], dict[str, Any]]
+Redact = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,12 @@ class JobType:
     rate_limit: tuple[int, float] | None = None  # (starts, per seconds)
     concurrency_limit: int | None = None
     queue: str = "default"
+    # Seconds a finished job of this type is kept, by status ("COMPLETED", "FAILED",
+    # "CANCELLED"; 0: for ever); the AJS_RETENTION_* settings for any status not given.
+    retention: dict[str, float] | None = None
+    seal_payload: Seal | None = None
+    unseal_payload: Seal | None = None
+    redact_payload: Redact | None = None
 
     @property
     def limit(self) -> TypeLimit:
@@ -101,8 +112,34 @@ class JobType:
         rate, per = self.rate_limit or (0, 1.0)
         return TypeLimit(self.name, self.concurrency_limit or 0, rate, int(per * 1000))
 
-    def parse(self, payload: Any) -> BaseModel:
-        return self.payload_model.model_validate(payload)
+    def parse(self, payload: Any, settings: Settings | None = None) -> BaseModel:
+        """The payload model of a client's payload or of a stored (sealed) one.
+
+        ``settings`` reach the model's validators as context (allowed destinations, the
+        payload key); without them the process's settings apply. A sealed payload that
+        cannot be opened (key missing or changed) is a ValidationError like any other
+        invalid payload, so the worker fails the job permanently instead of crashing.
+        """
+        if settings is None:
+            from shared.settings import get_settings
+
+            settings = get_settings()
+        if self.unseal_payload is not None and isinstance(payload, dict):
+            try:
+                payload = self.unseal_payload(payload, settings)
+            except ValueError as exc:
+                raise ValidationError.from_exception_data(self.payload_model.__name__, [
+                    {"type": "value_error", "loc": (), "input": "(sealed)",
+                     "ctx": {"error": exc}}]) from None
+        return self.payload_model.model_validate(payload, context={"settings": settings})
+
+    def seal(self, payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
+        """What to store for a validated payload (called once, before the insert)."""
+        return self.seal_payload(payload, settings) if self.seal_payload else payload
+
+    def redact(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """What an API answer may show of a stored payload."""
+        return self.redact_payload(stored) if self.redact_payload else stored
 
 
 class Registry:
@@ -116,6 +153,10 @@ class Registry:
             raise ValueError(f"job type {jt.name!r}: rate_limit must be (n >= 1, seconds > 0)")
         if jt.concurrency_limit is not None and jt.concurrency_limit < 1:
             raise ValueError(f"job type {jt.name!r}: concurrency_limit must be >= 1")
+        for status, seconds in (jt.retention or {}).items():
+            if status not in ("COMPLETED", "FAILED", "CANCELLED") or seconds < 0:
+                raise ValueError(f"job type {jt.name!r}: retention maps COMPLETED, FAILED or "
+                                 "CANCELLED to seconds >= 0")
         if "|" in jt.name or ":" in jt.name or not jt.name:
             raise ValueError(f"job type name {jt.name!r} must be non-empty without '|' or ':'")
         self._types[jt.name] = jt
@@ -133,6 +174,15 @@ class Registry:
 
     def all(self) -> list[JobType]:
         return [self._types[n] for n in self.names()]
+
+    def redacted(self, row: Any) -> dict[str, Any]:
+        """A job row as an answer may show it: its payload through its type's ``redact``.
+        Rows of a type this process does not know are shown as stored."""
+        data = dict(row)
+        jt = self._types.get(data.get("job_type", ""))
+        if jt is not None and isinstance(data.get("payload"), dict):
+            data["payload"] = jt.redact(data["payload"])
+        return data
 
     def limits(self, queue: str | None = None) -> list[TypeLimit]:
         """Every type (of ``queue``) with its limits, for the claim script."""

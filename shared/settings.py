@@ -13,8 +13,17 @@ import socket
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.scopes import NAMESPACE_PATTERN, ScopeName
+
+
+class IamGrant(BaseModel):
+    """What an IAM principal may do behind API Gateway's IAM authorizer."""
+
+    scopes: list[ScopeName] = Field(min_length=1)
+    namespace: str | None = Field(None, pattern=NAMESPACE_PATTERN)
 
 
 class Settings(BaseSettings):
@@ -93,8 +102,58 @@ class Settings(BaseSettings):
     # --- API ----------------------------------------------------------------------------
     api_prefix: str = Field("/api/v1", description="Path prefix of every API route.")
     batch_max_jobs: int = Field(1000, description="Most jobs in one POST /jobs/batch.")
+    api_page_max_bytes: int = Field(
+        1024 * 1024, ge=1024, le=5 * 1024 * 1024,
+        description="A list page stops before its JSON passes this size (a single larger "
+        "job still comes back alone); next_cursor continues. Lambda answers at most 6 MB.")
+    api_redis_max_connections: int = Field(
+        50, ge=1, description="Redis connections one API process opens at most; a burst "
+        "beyond waits for a free one.")
+    api_redis_pool_timeout: float = Field(
+        5.0, gt=0, description="Seconds a request waits for a free Redis connection (then 503).")
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host headers the API answers (a leading '*.' matches subdomains); "
+        "others get 400. Empty: any host. Comma-separated in the environment.")
+
+    # --- access control -------------------------------------------------------------------
+    auth_disabled: bool = Field(
+        False, description="Every request is an unbound admin: no credential is checked. "
+        "Only for a private machine; never the default.")
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, le=300, description="How long a process trusts an API key lookup; a "
+        "revoked key stops working within this time.")
+    auth_jwt_scope_prefix: str = Field(
+        "", max_length=200, description="Behind the JWT authorizer: the prefix of our scopes "
+        "in the token (a Cognito resource server's 'https://jobs.example.com/'); others "
+        "are ignored.")
+    auth_jwt_namespace_claim: str = Field(
+        "ajs_namespace", min_length=1, max_length=100,
+        description="Behind the JWT authorizer: the claim holding the caller's namespace "
+        "(absent: unbound).")
+    auth_iam_principals: dict[str, IamGrant] = Field(
+        default_factory=dict,
+        description="Behind the IAM authorizer: JSON mapping an IAM user or role ARN "
+        "(arn:aws:iam::ACCOUNT:role/NAME) to {\"scopes\": [...], \"namespace\": ...}; "
+        "other principals get 403.")
 
     # --- scheduler function ---------------------------------------------------------------
+    retention_completed_seconds: float = Field(
+        7 * 86400, ge=0, description="Finished jobs (and their history) are deleted this long "
+        "after they finished: COMPLETED. 0 keeps them for ever. Per job type: retention=.")
+    retention_cancelled_seconds: float = Field(
+        7 * 86400, ge=0, description="The same for CANCELLED jobs.")
+    retention_failed_seconds: float = Field(
+        30 * 86400, ge=0, description="The same for FAILED jobs (the dead letter queue).")
+    idempotency_window_seconds: float = Field(
+        86400, ge=0, description="A job created with an Idempotency-Key outlives its "
+        "retention until this long after its creation, so a retry still finds it.")
+    retention_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Jobs one retention statement deletes (one "
+        "short transaction each).")
+    retention_max_per_tick: int = Field(
+        100_000, ge=0, description="Most jobs one scheduler tick deletes; a backlog takes "
+        "several ticks.")
     scheduler_tick_seconds: float = Field(
         60.0, gt=0, description="How often the scheduler function runs (EventBridge: 60). "
         "Its lock lives twice this, so a tick whose process died blocks the next one at most "
@@ -157,10 +216,30 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="Larger images are refused as decompression bombs.")
     image_max_bytes: int = Field(50 * 1024 * 1024, ge=1,
                                  description="Larger source files are not read.")
+    image_memory_budget_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="Decoded image memory all image_processing jobs "
+        "of one worker may hold at once (4 bytes a pixel); jobs wait for their share, and an "
+        "image that needs more than all of it fails. Default fits a 1 GiB worker.")
     data_max_groups: int = Field(
         100_000, ge=1, description="Distinct group_by keys one job may hold in memory.")
+    data_max_line_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Longest csv or jsonl line (characters) and csv "
+        "field a data_processing source may hold.")
+    data_max_rows: int = Field(10_000_000, ge=1, description="Most rows one data_processing "
+                               "job reads.")
+    data_max_source_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Largest data_processing source object in S3.")
+    s3_write_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="s3://bucket/prefix locations jobs may write to (comma-separated; '*' "
+        "allows any). Set: other destinations are refused at create time (422) and by the "
+        "worker. Empty: the worker writes only under s3://AJS_REPORTS_BUCKET/.")
+    payload_key: str = Field(
+        "", description="Fernet key(s) sealing webhook credentials (headers, URL userinfo) "
+        "in stored payloads; comma-separated to rotate (the first seals). Empty: payloads "
+        "with credentials are refused (422).")
 
-    @field_validator("webhook_allowlist", mode="before")
+    @field_validator("webhook_allowlist", "s3_write_prefixes", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
@@ -175,9 +254,19 @@ class Settings(BaseSettings):
         for net in value:
             ipaddress.ip_network(net, strict=False)  # ValueError names the bad entry
         return value
+
+    @field_validator("s3_write_prefixes")
+    @classmethod
+    def _check_prefixes(cls, value: list[str]) -> list[str]:
+        from shared.job_types.s3uri import split_prefix
+
+        for entry in value:
+            if entry != "*":
+                split_prefix(entry)  # ValueError names the bad entry
+        return value
     # --- end job types --------------------------------------------------------------------
 
-    @field_validator("lock_redis_urls", "job_modules", mode="before")
+    @field_validator("lock_redis_urls", "job_modules", "api_allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -8,7 +8,7 @@ import contextlib
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from shared.core.service import JobService
 from shared.registry import Registry, load
 from shared.settings import Settings
 from shared.store import migrate
+from shared.store.api_keys import ApiKeyStore
 from shared.store.jobs import JobStore
 from tests.support.jobtypes import RUNS_DDL
 
@@ -131,16 +132,59 @@ async def service(stores: Stores, registry: Registry) -> JobService:
     return JobService(stores, registry)
 
 
+async def create_key(settings: Settings, *scopes: str, namespace: str | None = None,
+                     name: str = "test") -> str:
+    """A real API key in the test's schema (as ``python -m functions.api.keys create``)."""
+    conn = await asyncpg.connect(settings.database_url,
+                                 server_settings={"search_path": settings.db_schema})
+    try:
+        key, _ = await ApiKeyStore(conn).create(name, scopes or ("admin",), namespace)
+        return key
+    finally:
+        await conn.close()
+
+
+async def admin_headers(settings: Settings) -> dict[str, str]:
+    """For tests that build their own app (or process): an unbound admin key's header."""
+    return {"Authorization": f"Bearer {await create_key(settings, 'admin', name='admin')}"}
+
+
 @pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def api_app(settings: Settings) -> AsyncIterator[Any]:
     """The real FastAPI app in process, over the test's schema and prefix."""
     from functions.api.app import create_app
 
     app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        yield client
+    yield app
     await app.state.stores.close()
+
+
+@pytest.fixture
+async def api(api_app: Any, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app holding an unbound admin key: it may do everything."""
+    transport = httpx.ASGITransport(app=api_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api",
+                                 headers=await admin_headers(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+async def api_as(api_app: Any, settings: Settings
+                 ) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+    """Clients of the same app with other keys: ``await api_as("jobs:read", namespace="a")``
+    (no scope: a client that sends no credential)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def client(*scopes: str, namespace: str | None = None) -> httpx.AsyncClient:
+            headers = {}
+            if scopes:
+                key = await create_key(settings, *scopes, namespace=namespace)
+                headers["Authorization"] = f"Bearer {key}"
+            return await stack.enter_async_context(httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=api_app), base_url="http://api",
+                headers=headers))
+
+        yield client
 
 
 class WorkerHandle:

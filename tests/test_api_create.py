@@ -18,6 +18,7 @@ import pytest
 
 from shared.queue.redis_queue import SCALE
 from shared.settings import Settings
+from tests.conftest import admin_headers
 from tests.support.api_checks import (
     RedisMonitor,
     assert_untouched,
@@ -137,9 +138,10 @@ BAD_INPUT: list[tuple[str, dict[str, Any], int, list[Any] | None]] = [
     ("malformed JSON", raw(b'{"job_type": "noop", '), 422, None),
     ("JSON array body", {"json": [{"job_type": "noop"}]}, 422, ["body"]),
     ("JSON string body", {"json": "noop"}, 422, ["body"]),
-    ("wrong content type", raw(b'{"job_type":"noop"}', "text/plain"), 422, ["body"]),
-    ("form content type", raw(b"job_type=noop", "application/x-www-form-urlencoded"), 422,
-     ["body"]),
+    ("wrong content type", raw(b'{"job_type":"noop"}', "text/plain"), 415,
+     ["header", "Content-Type"]),
+    ("form content type", raw(b"job_type=noop", "application/x-www-form-urlencoded"), 415,
+     ["header", "Content-Type"]),
     ("empty body", raw(b""), 422, ["body"]),
     ("email: bad address", {"json": {"job_type": "email", "payload": {
         "to": "not-an-address", "subject": "s", "body": "b"}}}, 422, ["body", "payload", "to"]),
@@ -267,11 +269,10 @@ async def test_same_key_with_another_body_is_409_and_never_a_second_job(api, db,
         error = error_of(await api.post(JOBS, json=other, headers=headers), 409)
         assert error["code"] == "idempotency_conflict"
         assert locs(error) == [["header", "Idempotency-Key"]]
-    # A batch keys its jobs "<key>#<i>": batch key "k-2" meets the single create's "k-2#0".
-    # Even with the same job in it, the batch is another request, not a replay.
+    # One namespace for /jobs and /jobs/batch: the same key on the batch endpoint, even with
+    # the same job in it, is another request, not a replay and not a second job.
     error = error_of(await api.post(f"{JOBS}/batch", json={"jobs": [
-        {"job_type": "noop", "payload": {"tag": "a"}}]}, headers={"Idempotency-Key": "k-2"}),
-        409)
+        {"job_type": "noop", "payload": {"tag": "a"}}]}, headers=headers), 409)
     assert error["code"] == "idempotency_conflict"
     await assert_untouched(db, namespace, rows=1, redis_before=before)
 
@@ -389,8 +390,8 @@ async def test_batch_of_1000_is_one_insert_and_one_redis_command(settings: Setti
     from functions.api.app import create_app
 
     app = create_app(settings.model_copy(update={"db_pool_max": 1, "db_pool_min": 1}))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://api") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
+                                 headers=await admin_headers(settings)) as client:
         # Warm up: open the pool and the Redis connection, load the push script.
         assert (await client.post(JOBS, json={"job_type": "noop"})).status_code == 201
         statements: list[str] = []
@@ -442,13 +443,14 @@ async def test_batch_replay_returns_the_same_jobs_and_a_changed_batch_is_409(api
 
 
 @contextlib.asynccontextmanager
-async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def client_for(settings: Settings, headers: dict[str, str]
+                     ) -> AsyncIterator[httpx.AsyncClient]:
     from functions.api.app import create_app
 
     app = create_app(settings)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://api") as client:
+                                     base_url="http://api", headers=headers) as client:
             yield client
     finally:
         await app.state.stores.close()
@@ -459,7 +461,7 @@ async def test_create_while_redis_is_down_keeps_the_job_pending(settings: Settin
     """The row is committed first; the failed push leaves it PENDING for the scheduler's
     sweep, and the client still gets its job."""
     down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"})
-    async with client_for(down) as client:
+    async with client_for(down, await admin_headers(settings)) as client:
         resp = await client.post(JOBS, json={"job_type": "noop"})
         assert resp.status_code == 201, resp.text
         job = resp.json()
@@ -476,7 +478,9 @@ async def test_create_while_postgres_is_down_is_503_and_pushes_nothing(settings:
                                                                        namespace):
     down = settings.model_copy(update={
         "database_url": f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres"})
-    async with client_for(down) as client:
+    # The key is in the real database; the app cannot reach it, so it cannot check the
+    # key either: that too is a 503, not a 401.
+    async with client_for(down, await admin_headers(settings)) as client:
         resp = await client.post(JOBS, json={"job_type": "noop"})
         error = error_of(resp, 503)
         assert error["code"] == "unavailable" and locs(error) == [["store"]]

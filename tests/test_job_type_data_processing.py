@@ -259,3 +259,69 @@ async def test_200k_row_input_stays_within_the_memory_bound(api: Any, spawn: Any
           f"worker RSS {before / 1024:.0f} MiB, peak growth {growth_mib:.1f} MiB "
           f"(bound {MEMORY_BOUND_MIB} MiB)", file=sys.stderr)
     assert growth_mib < MEMORY_BOUND_MIB
+
+
+async def test_a_30_mib_line_is_refused_without_the_memory_growth(api: Any, spawn: Any,
+                                                                  aws: Moto) -> None:
+    """One csv line of 10 million short cells (30 MiB) and one 16 MiB jsonl line: read
+    whole and parsed they cost hundreds of MiB; bounded by AJS_DATA_MAX_LINE_BYTES (1 MiB)
+    they are refused after reading a MiB, and the worker's peak RSS barely moves."""
+    bucket = aws.new_bucket()
+    wide = aws.put(bucket, "in/wide.csv", b"a,b\n1,2\n" + b"ab," * (10 * 2**20) + b"ab\n")
+    long = aws.put(bucket, "in/long.jsonl",
+                   b'{"a": 1}\n{"a": "' + b"z" * (16 * 2**20) + b'"}\n')
+    small = aws.put(bucket, "in/small.csv", _big_csv(100)[0])
+
+    proc = await spawn("-m", "worker", worker_concurrency=2)
+    warm = await job_api.create(api, "data_processing", {
+        "source": small, "format": "csv", "destination": f"s3://{bucket}/out/small.csv"})
+    assert (await job_api.finished(api, warm, timeout=60))["status"] == "COMPLETED"
+
+    before = _kib(proc.pid, "VmRSS")
+    _reset_peak(proc.pid)
+    jobs = [await job_api.create(api, "data_processing", {
+        "source": source, "format": fmt, "destination": f"s3://{bucket}/out/{fmt}"})
+        for source, fmt in ((wide, "csv"), (long, "jsonl"))]
+    failed = [await job_api.finished(api, job_id, timeout=60) for job_id in jobs]
+    peak = _kib(proc.pid, "VmHWM")
+    growth_mib = (peak - before) / 1024
+    print(f"\nlong lines: worker RSS {before / 1024:.0f} MiB, peak growth {growth_mib:.1f} MiB "
+          f"(bound {MEMORY_BOUND_MIB} MiB)", file=sys.stderr)
+    assert growth_mib < MEMORY_BOUND_MIB
+    for job in failed:
+        assert (job["status"], job["attempts"]) == ("FAILED", 1), job
+        assert "line 3 is longer than 1048576 characters" in job["last_error"] or (
+            "line 2 is longer than 1048576 characters" in job["last_error"]), job
+        assert "abab" not in job["last_error"] and "zzzz" not in job["last_error"]
+    assert "line 3" in failed[0]["last_error"] and "line 2" in failed[1]["last_error"]
+
+
+async def test_rows_and_source_size_are_bounded_and_errors_never_quote_the_data(
+        api: Any, start_worker: Any, aws: Moto) -> None:
+    bucket = aws.new_bucket()
+    sources = {
+        "big": aws.put(bucket, "in/big.csv", b"k\n" + b"x\n" * 600),  # 1,202 bytes
+        "rows": aws.put(bucket, "in/rows.csv", b"k\n" + b"r\n" * 6),
+        "nan": aws.put(bucket, "in/nan.csv", b"k,v\na,1\na,secret-ssn-123-45-6789\n"),
+        "json": aws.put(bucket, "in/bad.jsonl",
+                        b'{"k": 1}\n{"k": 2}\n{"k": "secret-ssn-123-45-6789"\n'),
+    }
+    total = {"op": "group_by", "keys": ["k"], "aggregates": [{"fn": "sum", "field": "v"}]}
+    specs = {
+        "big": ("csv", []), "rows": ("csv", []), "nan": ("csv", [total]),
+        "json": ("jsonl", []),
+    }
+    ids = {name: await job_api.create(api, "data_processing", {
+        "source": sources[name], "format": fmt, "operations": ops,
+        "destination": f"s3://{bucket}/out/{name}"}) for name, (fmt, ops) in specs.items()}
+    await start_worker(data_max_rows=5, data_max_source_bytes=1000)
+    errors = {}
+    for name, job_id in ids.items():
+        job = await job_api.finished(api, job_id)
+        assert (job["status"], job["attempts"]) == ("FAILED", 1), job
+        assert "secret-ssn" not in job["last_error"], job["last_error"]
+        errors[name] = job["last_error"]
+    assert "1202 bytes, over the limit of 1000" in errors["big"]
+    assert "more than 5 rows (AJS_DATA_MAX_ROWS)" in errors["rows"]
+    assert "sum(v) met a value that is not a number" in errors["nan"]
+    assert "line 3 is not valid JSON" in errors["json"]

@@ -4,9 +4,13 @@ fail permanently while the worker carries on."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import struct
+import sys
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +20,7 @@ from shared.job_types.aws import AwsClients
 from shared.settings import Settings
 from tests.support import job_api
 from tests.support.aws_moto import Moto, use_moto
+from tests.support.waits import eventually
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -173,3 +178,123 @@ async def test_bad_image_payloads_get_422_naming_the_field(api: Any) -> None:
     for payload, loc in BAD:
         locs = await job_api.refused(api, "image_processing", payload)
         assert ["body", "payload", *loc] in locs, (payload, locs)
+
+
+# --- the worker-wide memory budget ------------------------------------------------------------
+
+SIDE = 6300  # 39.7 M pixels, under the 40 M limit: 160 MB decoded (4 bytes a pixel)
+# Peak RSS growth allowed for a worker decoding eight of those at once: the default budget
+# (512 MiB, sized for a 1 GiB worker). Without one, eight at once took 2.8-3.0 GiB.
+BUDGET_MIB = 512
+SETTLED_MIB = 64  # RSS over the start once the jobs are done (freed memory handed back)
+
+
+def _kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
+
+
+def _reset_peak(pid: int) -> None:
+    """VmHWM := current RSS, so VmHWM then reads the peak of what follows."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _big_png() -> bytes:
+    """A 6300x6300 PNG of a few hundred KiB: bands of colour compress well."""
+    img = Image.new("RGB", (SIDE, SIDE), RED)
+    for i in range(0, SIDE, 700):
+        img.paste((i % 256, 90, 200), (i, 0, i + 350, SIDE))
+    data = _encode(img, "PNG")
+    img.close()
+    return data
+
+
+async def test_eight_large_images_at_once_stay_within_the_memory_budget(
+        api: Any, spawn: Any, aws: Moto) -> None:
+    """A real worker process (8 slots) gets eight jobs on one 6300x6300 PNG at once. Each
+    waits for its share of the budget before decoding, so the worker's peak RSS grows by
+    less than the budget, and once they are done its RSS comes back near the start."""
+    bucket = aws.new_bucket()
+    big = aws.put(bucket, "in/big.png", await asyncio.to_thread(_big_png))
+    small = aws.put(bucket, "in/small.png", _encode(_halves(), "PNG"))
+    proc = await spawn("-m", "worker", worker_concurrency=8)
+    thumb = [{"op": "thumbnail", "width": 256, "height": 256}]
+    warm = await job_api.create(api, "image_processing", {
+        "source": small, "format": "jpeg", "operations": thumb,
+        "destination": f"s3://{bucket}/out/warm.jpg"})
+    assert (await job_api.finished(api, warm, timeout=60))["status"] == "COMPLETED"
+
+    before = _kib(proc.pid, "VmRSS")
+    _reset_peak(proc.pid)
+    jobs = [await job_api.create(api, "image_processing", {
+        "source": big, "format": "jpeg", "operations": thumb,
+        "destination": f"s3://{bucket}/out/{i}.jpg"}) for i in range(8)]
+    done = [await job_api.finished(api, job_id, timeout=120) for job_id in jobs]
+    peak = _kib(proc.pid, "VmHWM")
+    growth_mib = (peak - before) / 1024
+
+    async def settled() -> bool:
+        return (_kib(proc.pid, "VmRSS") - before) / 1024 < SETTLED_MIB
+
+    with contextlib.suppress(AssertionError):  # the figures are printed either way
+        await eventually(settled, 10, interval=0.2, what="the worker's RSS to settle")
+    over = (_kib(proc.pid, "VmRSS") - before) / 1024
+    print(f"\neight {SIDE}x{SIDE} images: worker RSS {before / 1024:.0f} MiB, peak growth "
+          f"{growth_mib:.0f} MiB (bound {BUDGET_MIB} MiB), after {over:.0f} MiB over the start",
+          file=sys.stderr)
+    for job in done:
+        assert job["status"] == "COMPLETED", job["last_error"]
+        assert (job["result"]["width"], job["result"]["height"]) == (256, 256)
+    assert growth_mib < BUDGET_MIB
+    assert over < SETTLED_MIB
+
+
+async def test_an_image_larger_than_the_whole_budget_fails_permanently(
+        api: Any, start_worker: Any, aws: Moto) -> None:
+    bucket = aws.new_bucket()
+    source = aws.put(bucket, "in/mid.png", _encode(_halves((1000, 1000)), "PNG"))
+    job_id = await job_api.create(api, "image_processing", {
+        "source": source, "format": "png", "destination": f"s3://{bucket}/out/mid.png"})
+    await start_worker(image_memory_budget_bytes=4 * 1024 * 1024)
+    job = await job_api.finished(api, job_id)
+    assert (job["status"], job["attempts"]) == ("FAILED", 1)
+    assert "more than this worker's whole image budget of 4 MiB" in job["last_error"]
+
+
+async def test_the_budget_serves_waiters_in_order_and_a_cancelled_wait_takes_nothing(
+        ) -> None:
+    from shared.job_types.image_processing.budget import MemoryBudget
+
+    budget = MemoryBudget(100)
+    assert await budget.acquire(60) == 60
+    big = asyncio.create_task(budget.acquire(80))
+    small = asyncio.create_task(budget.acquire(30))  # would fit, but waits behind big
+    gone = asyncio.create_task(budget.acquire(10))
+    await asyncio.sleep(0)
+    assert not big.done() and not small.done()
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    budget.release(60)
+    assert await big == 80
+    assert not small.done()
+    budget.release(80)
+    assert await small == 30
+    assert budget.used == 30
+    with pytest.raises(ValueError, match="exceed the whole budget"):
+        await budget.acquire(101)
+
+    # The head of the line cancelled, and memory freed before its task saw it: the next
+    # waiter gets it, and the cancelled one takes nothing.
+    head = asyncio.create_task(budget.acquire(90))
+    after = asyncio.create_task(budget.acquire(50))
+    await asyncio.sleep(0)
+    head.cancel()
+    await asyncio.sleep(0)  # the cancellation reaches the head's future
+    budget.release(30)
+    with pytest.raises(asyncio.CancelledError):
+        await head
+    assert await after == 50
+    assert budget.used == 50

@@ -55,13 +55,13 @@ def test_retry_after_reads_seconds_and_dates_within_the_ceiling() -> None:
     assert retry_after(None, 60) is None
 
 
-async def test_delivery_is_signed_and_the_result_keeps_status_and_first_kib(
+async def test_delivery_is_signed_and_the_result_keeps_the_body_bytes_asked_for(
         api: Any, start_worker: Any, receiver: Receiver) -> None:
     receiver.default = Answer(201, {"content-type": "text/plain"}, b"x" * 5000)
     body = {"event": "invoice.paid", "amount": 1250, "currency": "EUR", "note": "déjà vu"}
     job_id = await job_api.create(api, "webhook", {
         "url": receiver.url("/hooks/in?src=ajs"), "body": body,
-        "headers": {"X-Tenant": "acme"}})
+        "headers": {"X-Tenant": "acme"}, "response_bytes": 1024})
     put_id = await job_api.create(api, "webhook", {
         "url": receiver.url("/hooks/text"), "method": "PUT", "body": "plain words"})
     await start_worker()
@@ -74,6 +74,7 @@ async def test_delivery_is_signed_and_the_result_keeps_status_and_first_kib(
 
     put = await job_api.finished(api, put_id)
     assert put["status"] == "COMPLETED", put["last_error"]
+    assert "response" not in put["result"]  # not asked for: the receiver's words stay out
     by_path = {r.path: r for r in receiver.requests}
     got = by_path["/hooks/in?src=ajs"]
     assert got.method == "POST"
@@ -122,7 +123,8 @@ async def test_4xx_and_redirects_are_permanent(api: Any, start_worker: Any,
                                                receiver: Receiver) -> None:
     receiver.answers = [Answer(404, body=b"no such hook"),
                         Answer(302, {"Location": "http://169.254.169.254/"})]
-    missing = await job_api.create(api, "webhook", {"url": receiver.url("/a")})
+    missing = await job_api.create(api, "webhook", {"url": receiver.url("/a"),
+                                                    "response_bytes": 100})
     await start_worker()
     job = await job_api.finished(api, missing)
     redirect = await job_api.create(api, "webhook", {"url": receiver.url("/b")})
@@ -152,8 +154,11 @@ BAD = [
     ({"url": "https://example.com", "headers": {"webhook-signature": "v1,forged"}},
      ["headers"]),
     ({"url": "https://example.com", "headers": {"Bad Name": "x"}}, ["headers"]),
+    ({"url": "https://example.com", "headers": {"X-Trailing\n": "x"}}, ["headers"]),
     ({"url": "https://example.com", "headers": {"X-A": "a\r\nInjected: 1"}}, ["headers"]),
     ({"url": "https://example.com", "timeout": 0}, ["timeout"]),
+    ({"url": "https://example.com", "response_bytes": 4097}, ["response_bytes"]),
+    ({"url": "https://example.com", "secret_headers": ["Bad Name"]}, ["secret_headers"]),
     ({"url": "https://example.com", "retries": 3}, ["retries"]),
 ]
 
@@ -173,3 +178,21 @@ def test_bodies_are_sent_as_compact_json_or_verbatim_text() -> None:
                                     "application/json")
     text = WebhookPayload.model_validate({"url": "https://e.example", "body": "hi"})
     assert encode_body(text) == (b"hi", "text/plain; charset=utf-8")
+
+
+async def test_timeout_is_a_deadline_for_the_whole_delivery_not_per_read(
+        api: Any, start_worker: Any, receiver: Receiver) -> None:
+    """The receiver sends its answer one byte a second: every read succeeds well within
+    the 2 s timeout, so only a deadline over the whole delivery can stop it (a per-read
+    timeout would wait ~50 s for the whole answer)."""
+    receiver.answers = [Answer(200, body=b"fine", trickle=1.0)]
+    job_id = await job_api.create(api, "webhook", {"url": receiver.url(), "timeout": 2},
+                                  max_retries=0)
+    await start_worker()
+    job = await job_api.finished(api, job_id, timeout=30)
+    assert job["status"] == "FAILED", job["result"]
+    assert "no complete answer within 2 s" in job["last_error"]
+    [request] = receiver.requests
+    took = datetime.fromisoformat(job["finished_at"]).timestamp() - request.at
+    assert 1.5 < took < 4.0, took  # cut at the deadline, not after the trickle ends
+    assert receiver.trickled == 0

@@ -219,3 +219,41 @@ def test_warm_invocations_share_one_postgres_connection(container: Container) ->
         assert container.invoke(ev)["statusCode"] in (200, 201)
         # The very same backend (pid and start time), and no other.
         assert container.backends() == sessions
+
+
+def jwt_event(name: str, scope: str, namespace: str | None = None, **replace: str
+              ) -> dict[str, Any]:
+    """The event as API Gateway's JWT authorizer passes it for a token with these claims
+    (every claim a string, a list flattened to "[a b]")."""
+    ev = event(name, **replace)
+    claims = {"iss": "https://issuer.example.com", "sub": "client-1", "scope": scope}
+    if namespace is not None:
+        claims["ajs_namespace"] = namespace
+    ev["requestContext"]["authorizer"]["jwt"] = {"claims": claims, "scopes": None}
+    return ev
+
+
+def test_jwt_claims_decide_scope_and_namespace(container: Container) -> None:
+    refused = container.invoke(jwt_event("create_job", "jobs:read"))
+    assert refused["statusCode"] == 403, refused
+    assert body_of(refused)["error"]["code"] == "forbidden"
+    assert refused["headers"]["www-authenticate"] == (
+        'Bearer error="insufficient_scope", scope="jobs:write"')
+    assert container.invoke(jwt_event("list_jobs", "jobs:read"))["statusCode"] == 200
+
+    created = container.invoke(jwt_event("create_job", "[openid jobs:write]",
+                                         namespace="tenant-a"))
+    assert created["statusCode"] == 201, created
+    job = body_of(created)
+    assert job["namespace"] == "tenant-a"
+    for tenant, status in (("tenant-b", 404), ("tenant-a", 200), (None, 200)):
+        got = container.invoke(jwt_event("get_job", "jobs:read", namespace=tenant,
+                                         JOB_ID=job["id"]))
+        assert got["statusCode"] == status, (tenant, got)
+
+    # No authorizer (a route API Gateway leaves open) and no key: 401.
+    bare = event("list_jobs")
+    del bare["requestContext"]["authorizer"]
+    unauthenticated = container.invoke(bare)
+    assert unauthenticated["statusCode"] == 401
+    assert unauthenticated["headers"]["www-authenticate"] == "Bearer"

@@ -26,6 +26,7 @@ from shared.connections import Stores
 from shared.core.service import JobService
 from shared.queue.locks import Redlock
 from shared.store import migrate
+from shared.store.api_keys import new_key
 from tests.conftest import WorkerHandle, drop_namespace, make_settings
 from tests.support.servers import PostgresServer, redis_servers
 from tests.support.waits import eventually
@@ -273,8 +274,10 @@ async def test_postgres_starting_up_is_a_503(namespace):
     app = create_app(make_settings(namespace, namespace, database_url=pg.url,
                                    db_connect_timeout=2.0))
     try:
+        # Any well-formed key: checking it is the first query, and it meets the same 503.
+        key = {"Authorization": f"Bearer {new_key()}"}
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://api") as client:
+                                     base_url="http://api", headers=key) as client:
             for r in (await client.get(f"{PREFIX}/jobs/{uuid.uuid4()}"),
                       await client.post(f"{PREFIX}/jobs", json={"job_type": "noop"})):
                 assert r.status_code == 503, r.text

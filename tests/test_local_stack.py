@@ -29,7 +29,8 @@ async def test_local_stack_runs_the_seed_example_and_stops_on_ctrl_c(tmp_path):
     with open(log, "wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "scripts.local_stack", "--throwaway", "--port", str(port),
-            "--tick", "1", cwd=str(ROOT), env=env, stdout=out, stderr=out)
+            "--tick", "1", "--key-file", str(tmp_path / "key"), cwd=str(ROOT), env=env,
+            stdout=out, stderr=out)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
 
@@ -40,6 +41,15 @@ async def test_local_stack_runs_the_seed_example_and_stops_on_ctrl_c(tmp_path):
                     return False
 
             await eventually(healthy, timeout=120, interval=0.25, what="the API")
+            # As the README says: without the key, 401; with the printed key, the seed job.
+            assert (await client.post("/api/v1/jobs", json=SEED_EXAMPLE)).status_code == 401
+            key = (tmp_path / "key").read_text().strip()
+
+            async def printed():
+                return f"export AJS_KEY={key}" in log.read_text()
+
+            await eventually(printed, timeout=30, what="the key printed for the README")
+            client.headers["Authorization"] = f"Bearer {key}"
             created = await client.post("/api/v1/jobs", json=SEED_EXAMPLE)
             assert created.status_code == 201, created.text
             job_id = created.json()["id"]

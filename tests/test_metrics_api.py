@@ -18,6 +18,7 @@ import pytest
 from shared.connections import Stores
 from shared.observability import summed_counters
 from shared.settings import Settings
+from tests.conftest import admin_headers
 from tests.support.invoke import LambdaContext
 
 EVENTS = Path(__file__).parent / "events"
@@ -34,7 +35,8 @@ async def metered_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     summed_counters.THIS_PROCESS.discard()
     app = create_app(settings.model_copy(update={"pushgateway_url": "http://127.0.0.1:9"}))
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://api",
+                                 headers=await admin_headers(settings)) as client:
         yield client
     await app.state.stores.close()
 
@@ -123,6 +125,7 @@ def test_lambda_handlers_are_not_traced_outside_lambda() -> None:
 TRACED = """
 import json, sys
 from functions.tracing import lambda_tracer, traced
+from tests.conftest import admin_headers
 from tests.support.invoke import LambdaContext
 tracer = lambda_tracer("api")
 handler = traced(tracer)(lambda event, context: {"ok": event["n"] + 1})

@@ -17,6 +17,7 @@ from shared.connections import Stores
 from shared.observability import summed_counters
 from shared.registry import Registry
 from shared.settings import Settings
+from tests.conftest import admin_headers
 from tests.support.prom import Pushgateway, monitoring
 from tests.support.servers import free_port
 from tests.support.waits import eventually
@@ -39,7 +40,8 @@ async def groups_by_job(pgw: Pushgateway, client: httpx.AsyncClient) -> dict[str
 async def test_counters_of_many_processes_add_up_and_clean_stops_leave_no_group(
         settings: Settings, registry: Registry, spawn: Any, db: asyncpg.Pool) -> None:
     summed_counters.THIS_PROCESS.discard()
-    async with httpx.AsyncClient(timeout=10) as client, monitoring(
+    async with httpx.AsyncClient(timeout=10, headers=await admin_headers(settings)
+                                 ) as client, monitoring(
             client, prometheus=False) as (pgw, _):
         common = {"pushgateway_url": pgw.url, "push_interval_seconds": 0.2}
         workers = {w: await spawn("-m", "worker", "--concurrency", "4", worker_id=w, **common)

@@ -30,6 +30,7 @@ from shared.observability import summed_counters
 from shared.observability.metrics import DURATION_BUCKETS
 from shared.registry import Registry
 from shared.settings import Settings
+from tests.conftest import admin_headers
 from tests.support.prom import (
     GRAFANA_VARS,
     Prometheus,
@@ -98,7 +99,8 @@ async def stack(settings: Settings, registry: Registry) -> AsyncIterator[Stack]:
         s = settings.model_copy(update={"pushgateway_url": pgw.url})
         app = create_app(s)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://api") as api:
+                                     base_url="http://api",
+                                     headers=await admin_headers(s)) as api:
             yield Stack(s, registry, client, pgw, prom, api)
         await app.state.stores.close()
 

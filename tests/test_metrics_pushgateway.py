@@ -18,6 +18,7 @@ from shared.observability import summed_counters
 from shared.observability.pushgateway import SCHEDULER_JOB, WORKER_JOB, Pusher
 from shared.registry import Registry
 from shared.settings import Settings
+from tests.conftest import admin_headers
 from tests.support.prom import Pushgateway, monitoring
 from tests.support.servers import free_port
 from tests.support.waits import eventually
@@ -110,9 +111,10 @@ async def test_the_scheduler_pushes_one_group_for_the_whole_system(
     summed_counters.THIS_PROCESS.discard()
     s = settings.model_copy(update={"pushgateway_url": pgw.url})
     apps = [create_app(s) for _ in range(3)]  # three "containers" (one process here)
+    headers = await admin_headers(s)
     for i, app in enumerate(apps):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://api") as api:
+                                     base_url="http://api", headers=headers) as api:
             for _ in range(i + 1):
                 created = await api.post("/api/v1/jobs", json={"job_type": "noop",
                                                                 "payload": {}})

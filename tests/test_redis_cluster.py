@@ -35,6 +35,7 @@ from shared.connections import Stores
 from shared.core.lifecycle import Move
 from shared.queue.redis_queue import Placement, RedisQueue, TypeLimit, connect
 from shared.settings import Settings
+from tests.conftest import admin_headers
 from tests.support.api_checks import closed_port
 from tests.support.servers import RedisClusterServers
 from tests.support.waits import eventually
@@ -284,7 +285,8 @@ async def test_an_unreachable_cluster_is_a_redis_outage_not_a_crash(
     app = create_app(down)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://api") as client:
+                                     base_url="http://api",
+                                     headers=await admin_headers(down)) as client:
             health = await client.get("/api/v1/health")
             created = await client.post("/api/v1/jobs", json={"job_type": "noop",
                                                               "payload": {}})

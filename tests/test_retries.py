@@ -64,12 +64,12 @@ async def test_permanent_error_skips_retries(service, store, db, start_worker):
 
 
 async def test_timeout_fails_the_attempt_and_retries(service, store, start_worker):
-    row, _ = await service.create(JobCreate(job_type="record", payload={"seconds": 5},
-                                            timeout_seconds=0.2, max_retries=1))
+    row, _ = await service.create(JobCreate(job_type="record", payload={"seconds": 30},
+                                            timeout_seconds=1, max_retries=1))
     await start_worker()
     dead = await eventually(await _status(store, row["id"], "FAILED"), what="timeouts")
     assert dead["attempts"] == 2
-    assert "timed out after 0.2 s" in dead["last_error"]
+    assert "timed out after 1 s" in dead["last_error"]
 
 
 async def test_retry_after_from_the_handler_overrides_backoff(service, store, db,

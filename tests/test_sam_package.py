@@ -109,6 +109,9 @@ def _http(template: dict[str, Any], method: str, path: str, query: str = "",
     event["queryStringParameters"] = dict(
         part.split("=", 1) for part in query.split("&")) if query else None
     event["headers"] = {**event["headers"], "content-type": "application/json"}
+    # What the JWT authorizer passes for a token with our scope (SAM's sample has none).
+    event["requestContext"]["authorizer"]["jwt"] = {
+        "claims": {"sub": "sam-tests", "scope": "jobs:write"}, "scopes": ["jobs:write"]}
     event.pop("pathParameters", None)
     event.pop("cookies", None)
     if body is None:

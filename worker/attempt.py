@@ -115,7 +115,7 @@ class Attempt:
         if jt is None:
             return self.failure(f"no handler for job type {self.job_type!r}", permanent=True)
         try:
-            payload = jt.parse(row["payload"])
+            payload = jt.parse(row["payload"], self.worker.settings)
         except ValidationError as exc:
             return self.failure(f"payload no longer valid: {exc}", permanent=True)
         if self.number == 1:

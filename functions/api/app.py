@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from functions.api import dead_letters, docs_pages, errors, health, job_types, jobs
+from functions.api import auth, dead_letters, docs_pages, errors, health, job_types, jobs
 from functions.api.body_limit import BodyLimit
 from functions.api.metrics import RequestMetrics
+from functions.api.request_guard import RequestGuard
 from shared.connections import Stores
 from shared.core.service import JobService
 from shared.registry import load
@@ -23,7 +24,8 @@ overwrite a newer one's result (fencing). Every error has the shape
 
 def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = True) -> FastAPI:
     settings = settings or get_settings()
-    stores = Stores(settings)
+    stores = Stores(settings, redis_max_connections=settings.api_redis_max_connections,
+                    redis_pool_timeout=settings.api_redis_pool_timeout)
     registry = load(settings.job_modules)
 
     @asynccontextmanager
@@ -49,9 +51,14 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     app.state.service = JobService(stores, registry)
     errors.install(app)
     docs_pages.install(app, prefix)
-    for router in (jobs.router, dead_letters.router, health.router, job_types.router):
+    routers = (jobs.router, dead_letters.router, health.router, job_types.router)
+    for router in routers:
         app.include_router(router, prefix=prefix)
+    auth.install(app, settings, stores, routers)  # refuses a route that declares no scope
+    errors.document_refusals(app, hosts_checked=bool(settings.api_allowed_hosts))
     app.add_middleware(BodyLimit, limit=settings.max_payload_bytes,
                        batch_limit=5 * 1024 * 1024)
+    # Before the body is read: a refused request costs no body.
+    app.add_middleware(RequestGuard, allowed_hosts=settings.api_allowed_hosts)
     app.add_middleware(RequestMetrics, stores=stores)  # outermost: counts 413s too
     return app

@@ -7,6 +7,7 @@ import binascii
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from starlette.convertors import Convertor, register_url_convertor
 
 from shared.api_schemas import NAME_PATTERN
 from shared.core.service import JobService
@@ -42,3 +43,23 @@ def decode_cursor(cursor: str | None) -> int | None:
     raise ValidationFailed("cursor is not one this API returned",
                            [{"loc": ["query", "cursor"], "msg": "malformed cursor",
                              "type": "value_error"}])
+
+
+class JobIdConvertor(Convertor[str]):
+    """``{job_id:job_id}``: any one segment except the fixed names beside it under /jobs.
+
+    Without it ``GET /jobs/batch`` is a request for the job called "batch" (a 422 for its
+    id) instead of a 405 for the wrong method on /jobs/batch. The id itself is still
+    checked as a UUID by the route, so a malformed one stays a 422 naming it.
+    """
+
+    regex = r"(?!(?:batch|stats)$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("job_id", JobIdConvertor())

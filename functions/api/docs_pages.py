@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
+from functions.api.auth import Public
 from shared.errors import NotFound
 
 _STATIC = files("fastapi_offline").joinpath("static")
@@ -54,14 +55,14 @@ def install(app: FastAPI, prefix: str, openapi_name: str = "openapi.json") -> No
     at ``{prefix}/{openapi_name}``.
     """
 
-    @app.get(f"{prefix}/{ASSET_DIR}/{{name}}", include_in_schema=False)
+    @app.get(f"{prefix}/{ASSET_DIR}/{{name}}", include_in_schema=False, dependencies=[Public()])
     async def docs_asset(name: str) -> FileResponse:
         path = ASSETS.get(name)
         if path is None:
             raise NotFound("no such documentation asset; there are: " + ", ".join(ASSETS))
         return FileResponse(path, headers={"Cache-Control": CACHE_CONTROL})
 
-    @app.get(f"{prefix}/docs", include_in_schema=False)
+    @app.get(f"{prefix}/docs", include_in_schema=False, dependencies=[Public()])
     async def swagger_ui() -> HTMLResponse:
         # No oauth2_redirect_url: the API takes API keys, not an OAuth2 flow, and Swagger
         # UI would build that URL from the origin, losing any stage prefix.
@@ -75,7 +76,7 @@ def install(app: FastAPI, prefix: str, openapi_name: str = "openapi.json") -> No
             swagger_ui_parameters=app.swagger_ui_parameters,
         )
 
-    @app.get(f"{prefix}/redoc", include_in_schema=False)
+    @app.get(f"{prefix}/redoc", include_in_schema=False, dependencies=[Public()])
     async def redoc() -> HTMLResponse:
         return get_redoc_html(
             openapi_url=openapi_name,

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.errors import UserError, store_unavailable_errors, unavailable_store
 from shared.observability.logs import get_logger
@@ -33,6 +34,32 @@ def _clean(errors: Any) -> list[dict[str, Any]]:
         out.append({"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
                     "type": e.get("type")})
     return out
+
+
+# Refusals that come from the middleware, not from the routes: documented here for each
+# operation they can reach, so the document lists every status a client can get.
+_REFUSALS = {
+    "403": "A browser request from another site (Sec-Fetch-Site or Origin): refused.",
+    "413": "The request body is over its size limit.",
+    "415": "A request body that is not Content-Type: application/json.",
+    "503": "PostgreSQL or Redis is unreachable; retry (a create with its Idempotency-Key).",
+    "400": "The request body could not be decoded (not UTF-8).",
+    "400-host": "The Host header is not one of AJS_API_ALLOWED_HOSTS.",
+}
+
+
+def _refusals_of(path: str, method: str, operation: dict[str, Any],
+                 hosts_checked: bool) -> list[str]:
+    codes = []
+    if method in ("post", "put", "patch", "delete"):
+        codes += ["403", "415"]
+    if "requestBody" in operation:
+        codes += ["400", "413"]
+    if "/jobs" in path or "/dead-letters" in path:
+        codes.append("503")
+    if hosts_checked:
+        codes.append("400-host")
+    return codes
 
 
 def _document_one_error_shape(app: FastAPI) -> None:
@@ -59,12 +86,49 @@ def _document_one_error_shape(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's own ``Allow`` names only
+    the first route that matched the path, but GET and DELETE of one path are two routes.
+    Asked through ``matches`` only: FastAPI nests included routers in its own route type."""
+    return [method for method in METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                   for route in request.app.router.routes)]
+
+
+def document_refusals(app: FastAPI, *, hosts_checked: bool) -> None:
+    """Add the middleware's refusals to each operation they can reach. Installed after
+    every other document hook, so a status someone else documents (auth's 403) keeps its
+    description and gains ours."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        ours = {"$ref": "#/components/schemas/ErrorResponse"}
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                responses = operation.setdefault("responses", {})
+                for refusal in _refusals_of(path, method, operation, hosts_checked):
+                    code = refusal.split("-")[0]
+                    documented = responses.setdefault(code, {
+                        "description": "", "content": {"application/json": {"schema": ours}}})
+                    documented["description"] = " ".join(
+                        filter(None, (documented["description"], _REFUSALS[refusal])))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
     _document_one_error_shape(app)
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -74,12 +138,15 @@ def install(app: FastAPI) -> None:
         return error_response(422, "validation_error", f"invalid request: {where}", details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                  413: "payload_too_large"}
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
-                              message, headers=getattr(exc, "headers", None))
+                              message, headers=headers)
 
     async def store_down(request: Request, exc: Exception) -> JSONResponse:
         # A store that cannot be reached is not a bug in the request or in us: 503, so

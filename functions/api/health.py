@@ -8,15 +8,22 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from functions.api.auth import Public
 from functions.api.deps import Service
 from functions.api.errors import error_response
 from shared.api_schemas import ErrorResponse, Health
+from shared.observability.logs import get_logger
 from shared.queue.redis_queue import ping
+
+log = get_logger("api")
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_model=Health,
+# Public: load balancers and uptime checks call it without a credential, so it says which
+# store failed and whether it refused or timed out, never a host, port, exception or
+# message (those are logged).
+@router.get("/health", response_model=Health, dependencies=[Public()],
             responses={503: {"model": ErrorResponse, "description": "A dependency failed"}})
 async def health(service: Service) -> Health | JSONResponse:
     timeout = service.settings.health_timeout
@@ -33,7 +40,9 @@ async def health(service: Service) -> Health | JSONResponse:
             await asyncio.wait_for(probe(), timeout)
             return "ok"
         except Exception as exc:  # any failure: report it, never raise
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning("health probe failed", extra={"store": probe.__name__,
+                                                      "error": repr(exc)})
+            return "timed out" if isinstance(exc, TimeoutError) else "unreachable"
 
     # Side by side: two hung stores cost one timeout, not two.
     results = await asyncio.gather(check(postgres), check(redis))

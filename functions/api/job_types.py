@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from functions.api.auth import READ, Scope
 from functions.api.deps import Service
 
 router = APIRouter(tags=["job types"])
@@ -24,7 +25,7 @@ class JobTypeOut(BaseModel):
     payload_schema: dict[str, Any]
 
 
-@router.get("/job-types", response_model=list[JobTypeOut])
+@router.get("/job-types", response_model=list[JobTypeOut], dependencies=[Scope(READ)])
 async def job_types(service: Service) -> list[JobTypeOut]:
     s = service.settings
     return [

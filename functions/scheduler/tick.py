@@ -1,5 +1,6 @@
 """One scheduler tick: promote due jobs, recover expired leases, reconcile Redis with
-PostgreSQL, publish the gauges. Safe to run twice at once, and impossible to wedge.
+PostgreSQL, delete finished jobs past their retention, fold the count deltas, publish the
+gauges. Safe to run twice at once, and impossible to wedge.
 
 EventBridge fires at most once a minute and sometimes twice, so a tick takes a lock and an
 overlapping tick returns at once. The lock lives in Redis (a token with an expiry), not in a
@@ -23,6 +24,7 @@ from shared.core.lifecycle import Lifecycle, Recovered
 from shared.maintenance.promote import promote
 from shared.maintenance.reconcile import reconcile
 from shared.maintenance.recover import recover
+from shared.maintenance.retention import delete_expired
 from shared.queue.locks import Redlock
 from shared.registry import Registry
 from shared.store.jobs import JobStore
@@ -56,6 +58,9 @@ async def tick(stores: Stores, registry: Registry) -> dict[str, Any]:
             await lock.extend([LOCK_NAME], token, ttl)
             reconciled = await reconcile(store, stores.queue, settings.lease_seconds,
                                          settings.reconcile_page_size)
+            await lock.extend([LOCK_NAME], token, ttl)
+            deleted = await delete_expired(store, settings, registry)
+            folded = await store.fold_counts()
             depth = {name: await stores.queue(name).depth() for name in names}
             # Inside the lock: one publisher at a time (see functions/scheduler/publish.py).
             published = await publish(stores, store, registry.names(), recovered, depth)
@@ -63,4 +68,5 @@ async def tick(stores: Stores, registry: Registry) -> dict[str, Any]:
         await lock.release([LOCK_NAME], token)
     return {"skipped": False, **asdict(promoted), "recovered": recovered.requeued,
             "dead_lettered": recovered.dead_lettered, "cancelled": recovered.cancelled,
-            **asdict(reconciled), "depth": depth, "metrics_published": published}
+            **asdict(reconciled), "deleted": deleted.by_status, "counts_folded": folded,
+            "depth": depth, "metrics_published": published}

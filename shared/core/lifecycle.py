@@ -268,10 +268,11 @@ class Lifecycle:
         return done
 
     # cancel: waiting -> CANCELLED at once; running -> flagged, and its worker told
-    async def cancel(self, job_id: uuid.UUID, reason: str = "cancelled by request"
-                     ) -> tuple[str, Row | None]:
-        """``("cancelled" | "requested" | "refused", row)``; row None for an unknown id."""
-        outcome, row = await self.store.cancel(job_id, reason)
+    async def cancel(self, job_id: uuid.UUID, reason: str = "cancelled by request",
+                     namespace: str | None = None) -> tuple[str, Row | None]:
+        """``("cancelled" | "requested" | "refused", row)``; row None for an unknown id
+        (or, with ``namespace``, another namespace's job)."""
+        outcome, row = await self.store.cancel(job_id, reason, namespace)
         if row is None or outcome == "refused":
             return outcome, row
         queue = self.queue_of(row["queue"])
@@ -290,8 +291,10 @@ class Lifecycle:
 
     # redrive: FAILED -> QUEUED with a fresh set of attempts
     async def redrive(self, *, job_ids: Sequence[uuid.UUID] | None = None,
-                      job_type: str | None = None) -> list[Row]:
-        return await self._push(await self.store.redrive(job_ids=job_ids, job_type=job_type))
+                      job_type: str | None = None, namespace: str | None = None
+                      ) -> list[Row]:
+        return await self._push(await self.store.redrive(job_ids=job_ids, job_type=job_type,
+                                                         namespace=namespace))
 
     async def _push(self, rows: Iterable[Row]) -> list[Row]:
         """Place just-committed QUEUED jobs; where Redis refuses, mark them PENDING so the

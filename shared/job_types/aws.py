@@ -97,6 +97,7 @@ class AwsClients:
         return obj["Body"], size  # type: ignore[return-value]
 
     def upload(self, fileobj: IO[bytes], uri: str, content_type: str) -> None:
+        ensure_writable(uri, self.settings)  # every write passes here, whatever the type
         bucket, key = s3uri.split(uri)
         try:
             self.s3().upload_fileobj(fileobj, bucket, key, Config=UPLOAD,
@@ -121,6 +122,13 @@ def clients(resources: dict[str, Any], settings: Settings) -> AwsClients:
         if not isinstance(aws, AwsClients):
             aws = resources["aws"] = AwsClients(settings)
         return aws
+
+
+def ensure_writable(uri: str, settings: Settings) -> None:
+    """Refuse a destination outside the allowed locations (handlers call it before doing
+    the work, and upload() again before writing)."""
+    if not s3uri.writable(uri, settings):
+        raise PermanentError(s3uri.refusal(uri, settings))
 
 
 def classify(exc: ClientError | BotoCoreError, what: str) -> JobError:

@@ -2,7 +2,8 @@
 
 One pass per file, each idempotent, safe to run concurrently with itself, and returning its
 own small result: ``promote`` (PENDING jobs due soon into Redis), ``recover`` (expired
-leases), ``reconcile`` (re-place what Redis lost). The scheduler tick runs all of them;
+leases), ``reconcile`` (re-place what Redis lost), ``retention`` (delete finished jobs past
+their age). The scheduler tick runs all of them;
 every worker also runs ``recover`` every few seconds, so a dead worker's jobs come back
 quickly.
 """

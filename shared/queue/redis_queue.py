@@ -130,13 +130,26 @@ class Cluster(RedisCluster):
             return await super().execute_command(*args, **kwargs)
 
 
-def connect(url: str, *, cluster: bool = False) -> RedisClient:
+def connect(url: str, max_connections: int | None = None, pool_timeout: float = 5.0,
+            *, cluster: bool = False) -> RedisClient:
     """``cluster``: ``url`` is any one node of a Redis Cluster; the client learns the slot
     map from it and follows MOVED/ASK redirections. hiredis parses replies when installed
     (it is a dependency)."""
     if cluster:
-        return Cluster.from_url(url, decode_responses=True, health_check_interval=30)
-    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        # max_connections bounds each node's pool; redis-py's cluster client does not
+        # wait for a free connection, it raises MaxConnectionsError (a ConnectionError:
+        # a 503 in the API) at once.
+        limit = {} if max_connections is None else {"max_connections": max_connections}
+        return Cluster.from_url(url, decode_responses=True, health_check_interval=30,
+                                **limit)
+    if max_connections is None:
+        return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    # Bounded: a burst of requests waits up to pool_timeout for a free connection instead
+    # of opening one each (then ConnectionError, which the API answers as a 503).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout, decode_responses=True,
+        health_check_interval=30)
+    return aioredis.Redis.from_pool(pool)
 
 
 async def ping(client: RedisClient) -> None:

@@ -29,7 +29,12 @@ Row = Mapping[str, Any] | asyncpg.Record
 JOB_COLUMNS = """id, seq, queue, job_type, payload, priority, status, status_reason,
     scheduled_at, run_at, attempts, max_retries, timeout_seconds, last_error, result,
     idempotency_key, request_hash, cancel_requested, lease_owner, created_at, updated_at,
-    started_at, finished_at"""
+    started_at, finished_at, namespace"""
+
+# A job without its payload and result: list pages asked for ``fields=summary``.
+SUMMARY_COLUMNS = """id, seq, queue, job_type, priority, status, status_reason, scheduled_at,
+    run_at, attempts, max_retries, timeout_seconds, last_error, cancel_requested,
+    created_at, updated_at, started_at, finished_at, namespace"""
 
 # Columns a worker needs to run a job (and to hand it back to Redis).
 CLAIM_COLUMNS = """id, seq, queue, job_type, payload, priority, attempts, max_retries,
@@ -41,11 +46,12 @@ PLACE_COLUMNS = "id, queue, job_type, priority, seq, status, run_at"
 
 INSERT_SQL = """
     INSERT INTO jobs (id, queue, job_type, payload, priority, status, scheduled_at, run_at,
-                      max_retries, timeout_seconds, idempotency_key, request_hash)
-    SELECT i, q, t, p, pr, st, s, s, mr, ts, k, h
+                      max_retries, timeout_seconds, idempotency_key, request_hash, namespace)
+    SELECT i, q, t, p, pr, st, s, s, mr, ts, k, h, ns
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::text[],
-                $7::timestamptz[], $8::int[], $9::float8[], $10::text[], $11::text[])
-         AS u(i, q, t, p, pr, st, s, mr, ts, k, h)
+                $7::timestamptz[], $8::int[], $9::float8[], $10::text[], $11::text[],
+                $12::text[])
+         AS u(i, q, t, p, pr, st, s, mr, ts, k, h, ns)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, seq, created_at"""
 
@@ -61,6 +67,7 @@ def _new_row(job_id: uuid.UUID, job: NewJob, made: asyncpg.Record) -> dict[str, 
         "idempotency_key": job.idempotency_key, "request_hash": job.request_hash,
         "cancel_requested": False, "lease_owner": None, "created_at": made["created_at"],
         "updated_at": made["created_at"], "started_at": None, "finished_at": None,
+        "namespace": job.namespace,
     }
 
 
@@ -80,6 +87,7 @@ class NewJob:
     status: Status = Status.QUEUED
     idempotency_key: str | None = None
     request_hash: str | None = None
+    namespace: str | None = None  # the tenant; None: created by an unbound caller
 
 
 class JobStore:
@@ -115,6 +123,7 @@ class JobStore:
             [j.timeout_seconds for j in jobs],
             [j.idempotency_key for j in jobs],
             [j.request_hash for j in jobs],
+            [j.namespace for j in jobs],
         )
         if not all_or_nothing:
             made = await self.pool.fetch(INSERT_SQL, *args)
@@ -139,8 +148,12 @@ class JobStore:
         return await self.pool.fetch(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::uuid[])", list(job_ids))
 
-    async def get(self, job_id: uuid.UUID) -> asyncpg.Record | None:
-        return await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+    async def get(self, job_id: uuid.UUID, namespace: str | None = None
+                  ) -> asyncpg.Record | None:
+        """``namespace``: only a job of that tenant (None: any job). Likewise below."""
+        return await self.pool.fetchrow(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL "
+            "OR namespace = $2)", job_id, namespace)
 
     async def get_by_idempotency_keys(self, keys: Sequence[str]) -> list[asyncpg.Record]:
         return await self.pool.fetch(
@@ -156,6 +169,7 @@ class JobStore:
         job_type: str | None = None,
         before_seq: int | None = None,
         limit: int = 50,
+        namespace: str | None = None,
     ) -> list[asyncpg.Record]:
         """Newest first; ``before_seq`` is the keyset cursor (stable under inserts).
 
@@ -164,9 +178,9 @@ class JobStore:
         using the status index.
         """
         fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
-                     "before_seq": "seq < ${}"}
+                     "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
         given = {"status": status.value if status else None, "job_type": job_type,
-                 "before_seq": before_seq}
+                 "before_seq": before_seq, "namespace": namespace}
         where, args = [], []
         for name, value in given.items():
             if value is not None:
@@ -177,6 +191,46 @@ class JobStore:
         return await self.pool.fetch(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ${len(args)}",
             *args)
+
+    async def list_page(self, *, status: Status | None = None, job_type: str | None = None,
+                        before_seq: int | None = None, limit: int = 50, max_bytes: int,
+                        summary: bool = False, namespace: str | None = None
+                        ) -> tuple[list[asyncpg.Record], bool]:
+        """A list page bounded by count and by size: newest first, at most ``limit`` rows,
+        and no more payload and result text than ``max_bytes`` (the first row always). Also
+        whether more rows follow. ``summary`` leaves payload and result out altogether.
+
+        The size is summed in PostgreSQL so that rows beyond the budget never reach this
+        process: 500 jobs of 256 KiB would otherwise be 128 MB in memory for a 1 MB page.
+        """
+        fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
+                     "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
+        given = {"status": status.value if status else None, "job_type": job_type,
+                 "before_seq": before_seq, "namespace": namespace}
+        where, args = [], []
+        for name, value in given.items():
+            if value is not None:
+                args.append(value)
+                where.append(fragments[name].format(len(args)))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        size = ("0" if summary else
+                "octet_length(payload::text) + coalesce(octet_length(result::text), 0)")
+        columns = SUMMARY_COLUMNS if summary else JOB_COLUMNS
+        args += [limit + 1, limit, max_bytes]
+        rows = await self.pool.fetch(
+            f"""
+            WITH page AS (
+                SELECT seq, {size} AS size FROM jobs {clause} ORDER BY seq DESC
+                LIMIT ${len(args) - 2}),
+            kept AS (
+                SELECT seq FROM (SELECT seq, sum(size) OVER (ORDER BY seq DESC) - size
+                                        AS before FROM page) sized
+                WHERE before < ${len(args)} ORDER BY seq DESC LIMIT ${len(args) - 1})
+            SELECT {columns}, (SELECT count(*) FROM page) AS page_rows
+            FROM jobs WHERE seq IN (SELECT seq FROM kept) ORDER BY seq DESC
+            """, *args)
+        more = bool(rows) and rows[0]["page_rows"] > len(rows)
+        return rows, more
 
     async def history(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
         """Every state change of a job, oldest first. The first entry, its creation, is
@@ -196,13 +250,22 @@ class JobStore:
             job_id,
         )
 
-    async def stats(self) -> dict[str, Any]:
-        """Counts by status and type, retries, and the dead letter size, in one query."""
+    async def stats(self, namespace: str | None = None) -> dict[str, Any]:
+        """Counts by status and type, and retries: exact, and read without a scan.
+
+        The totals as of the last fold plus the changes since (``job_count_deltas``, which
+        triggers write in the same transaction as each change): a few hundred rows whatever
+        the size of the jobs table, per namespace ('' for jobs without one). See
+        migration 0004.
+        """
         rows = await self.pool.fetch(
             """
-            SELECT job_type, status, count(*) AS n,
-                   coalesce(sum(greatest(attempts - 1, 0)), 0) AS retries
-            FROM jobs GROUP BY job_type, status"""
+            SELECT job_type, status, sum(n)::bigint AS n, sum(retries)::bigint AS retries
+            FROM (SELECT namespace, job_type, status, n, retries FROM job_counts
+                  UNION ALL
+                  SELECT namespace, job_type, status, n, retries FROM job_count_deltas) c
+            WHERE $1::text IS NULL OR namespace = $1
+            GROUP BY job_type, status HAVING sum(n) <> 0""", namespace
         )
         by_status: dict[str, int] = {s.value: 0 for s in Status}
         by_type: dict[str, dict[str, int]] = {}
@@ -249,7 +312,8 @@ class JobStore:
         )
         return int(result.split()[-1])
 
-    async def cancel(self, job_id: uuid.UUID, reason: str) -> tuple[str, asyncpg.Record | None]:
+    async def cancel(self, job_id: uuid.UUID, reason: str, namespace: str | None = None
+                     ) -> tuple[str, asyncpg.Record | None]:
         """Cancel a waiting job at once, or flag a running one.
 
         Returns ``("cancelled", row)``, ``("requested", row)`` for a PROCESSING job that its
@@ -258,7 +322,8 @@ class JobStore:
         """
         row = await self.pool.fetchrow(
             f"""
-            WITH target AS (SELECT id, status FROM jobs WHERE id = $1 FOR UPDATE),
+            WITH target AS (SELECT id, status FROM jobs WHERE id = $1
+                            AND ($4::text IS NULL OR namespace = $4) FOR UPDATE),
             done AS (
                 UPDATE jobs j SET
                     status = CASE WHEN t.status = 'PROCESSING' THEN j.status
@@ -276,10 +341,12 @@ class JobStore:
             SELECT 'done' AS outcome, * FROM done
             UNION ALL
             SELECT 'refused', {JOB_COLUMNS}, status FROM jobs
-            WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM done)""",
+            WHERE id = $1 AND ($4::text IS NULL OR namespace = $4)
+              AND NOT EXISTS (SELECT 1 FROM done)""",
             job_id,
             reason,
             ["PENDING", "QUEUED", "RETRYING", "PROCESSING"],
+            namespace,
         )
         if row is None:
             return "refused", None
@@ -288,7 +355,8 @@ class JobStore:
         return ("requested" if row["previous"] == "PROCESSING" else "cancelled"), row
 
     async def redrive(
-        self, *, job_ids: Sequence[uuid.UUID] | None = None, job_type: str | None = None
+        self, *, job_ids: Sequence[uuid.UUID] | None = None, job_type: str | None = None,
+        namespace: str | None = None,
     ) -> list[asyncpg.Record]:
         """Dead letter queue back to QUEUED with a fresh set of attempts."""
         return await self.pool.fetch(
@@ -299,26 +367,72 @@ class JobStore:
             WHERE status = 'FAILED'
               AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
               AND ($2::text IS NULL OR job_type = $2)
+              AND ($3::text IS NULL OR namespace = $3)
             RETURNING {PLACE_COLUMNS}""",
             list(job_ids) if job_ids is not None else None,
             job_type,
+            namespace,
         )
 
-    async def purge_dead(self, job_type: str | None = None) -> int:
+    async def purge_dead(self, job_type: str | None = None, namespace: str | None = None
+                         ) -> int:
         # The history has no foreign key (it would slow every insert): delete it alongside.
         return int(await self.pool.fetchval(
             """
             WITH gone AS (
                 DELETE FROM jobs WHERE status = 'FAILED' AND ($1::text IS NULL OR job_type = $1)
+                  AND ($2::text IS NULL OR namespace = $2)
                 RETURNING id),
             history AS (
                 DELETE FROM job_transitions WHERE job_id IN (SELECT id FROM gone))
             SELECT count(*) FROM gone""",
             job_type,
+            namespace,
         ))
 
-    async def dead_letter_size(self) -> int:
-        return int(await self.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'FAILED'"))
+    async def dead_letter_size(self, namespace: str | None = None) -> int:
+        return int((await self.stats(namespace))["by_status"][Status.FAILED])
+
+    # --- upkeep of the table ----------------------------------------------------------------------
+
+    async def fold_counts(self) -> int:
+        """Add the count deltas into the totals (the scheduler tick). Safe to run twice at
+        once: a delta is deleted by exactly one fold, which adds it in the same statement."""
+        return int(await self.pool.fetchval(
+            """
+            WITH moved AS (DELETE FROM job_count_deltas
+                           RETURNING namespace, job_type, status, n, retries),
+            sums AS (SELECT namespace, job_type, status, sum(n) AS n, sum(retries) AS retries,
+                            count(*) AS k
+                     FROM moved GROUP BY namespace, job_type, status),
+            folded AS (
+                INSERT INTO job_counts AS c (namespace, job_type, status, n, retries)
+                SELECT namespace, job_type, status, n, retries FROM sums
+                ON CONFLICT (namespace, job_type, status)
+                DO UPDATE SET n = c.n + EXCLUDED.n, retries = c.retries + EXCLUDED.retries)
+            SELECT coalesce(sum(k), 0) FROM sums"""))
+
+    async def delete_finished(self, status: Status, finished_before: datetime, *,
+                              job_type: str | None = None, except_types: Sequence[str] = (),
+                              keyed_after: datetime, limit: int) -> int:
+        """Delete up to ``limit`` jobs of ``status`` finished before ``finished_before``,
+        with their history, oldest first (retention). A job holding an idempotency key
+        created after ``keyed_after`` is kept: a retried create inside the key's window must
+        still find its job. SKIP LOCKED and a bounded batch: never a long lock."""
+        return int(await self.pool.fetchval(
+            """
+            WITH doomed AS (
+                SELECT id FROM jobs
+                WHERE status = $1 AND finished_at < $2
+                  AND ($3::text IS NULL OR job_type = $3)
+                  AND NOT (job_type = ANY($4::text[]))
+                  AND (idempotency_key IS NULL OR created_at < $5)
+                ORDER BY finished_at LIMIT $6
+                FOR UPDATE SKIP LOCKED),
+            gone AS (DELETE FROM jobs j USING doomed d WHERE j.id = d.id RETURNING j.id),
+            history AS (DELETE FROM job_transitions t USING gone g WHERE t.job_id = g.id)
+            SELECT count(*) FROM gone""",
+            status.value, finished_before, job_type, list(except_types), keyed_after, limit))
 
     # --- the worker's verbs -------------------------------------------------------------------
 
@@ -419,4 +533,4 @@ class JobStore:
         )
 
     async def scheduled_waiting(self) -> int:
-        return int(await self.pool.fetchval("SELECT count(*) FROM jobs WHERE status='PENDING'"))
+        return int((await self.stats())["by_status"][Status.PENDING])

@@ -93,9 +93,10 @@ class Moto:
         return list(data.get("ses", {}).get("Message", []))
 
     def settings(self) -> dict[str, Any]:
-        """Settings that point the code under test at this server."""
+        """Settings that point the code under test at this server. Every test makes its
+        own buckets, so jobs may write anywhere (tests of the write prefixes override it)."""
         return {"aws_endpoint_url": self.endpoint, "aws_region": REGION,
-                "email_sender": SENDER}
+                "email_sender": SENDER, "s3_write_prefixes": ["*"]}
 
 
 _server = Moto()  # starts now; moto_server() waits until it answers

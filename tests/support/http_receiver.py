@@ -1,12 +1,14 @@
 """A real HTTP server on 127.0.0.1 that records every connection and request it gets.
 
-Answers are scripted per request (status, headers, body, delay), so a test can make a
-receiver fail, throttle or stall. ``accepted`` counts TCP connections: a test proves that
-a refused target was never contacted by asserting it stayed at zero.
+Answers are scripted per request (status, headers, body, delay, trickle), so a test can
+make a receiver fail, throttle, stall, or send its answer one byte at a time.
+``accepted`` counts TCP connections: a test proves that a refused target was never
+contacted by asserting it stayed at zero.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
     delay: float = 0.0
+    trickle: float = 0.0  # > 0: the whole answer, status line first, a byte every this many s
 
 
 @dataclass
@@ -47,6 +50,12 @@ class _Server(ThreadingHTTPServer):
             self.receiver.accepted += 1
         return conn
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up before the answer is over (it had read enough, or gave
+        # up on a trickle) is a normal event here, not a failure worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -65,12 +74,29 @@ class _Handler(BaseHTTPRequestHandler):
             answer = r.answers.pop(0) if r.answers else r.default
         if answer.delay:
             time.sleep(answer.delay)
+        if answer.trickle:
+            self._trickle(answer)
+            return
         self.send_response(answer.status)
         for name, value in answer.headers.items():
             self.send_header(name, value)
         self.send_header("content-length", str(len(answer.body)))
         self.end_headers()
         self.wfile.write(answer.body)
+
+    def _trickle(self, answer: Answer) -> None:
+        self.close_connection = True
+        head = "".join(f"{k}: {v}\r\n" for k, v in answer.headers.items())
+        raw = (f"HTTP/1.1 {answer.status} X\r\n{head}content-length: {len(answer.body)}\r\n"
+               "\r\n").encode() + answer.body
+        for i in range(len(raw)):
+            if self.server.receiver.closed:
+                return
+            self.wfile.write(raw[i:i + 1])
+            self.wfile.flush()
+            time.sleep(answer.trickle)
+        with self.server.receiver.lock:
+            self.server.receiver.trickled += 1
 
     do_POST = do_PUT = do_GET = _handle
 
@@ -82,6 +108,8 @@ class Receiver:
         self.requests: list[Request] = []
         self.answers: list[Answer] = []
         self.default = Answer()
+        self.trickled = 0  # trickled answers sent to the end (the client read them all)
+        self.closed = False
         self.server = _Server(self)
         self.port = int(self.server.server_address[1])
 
@@ -98,6 +126,7 @@ def http_receiver() -> Iterator[Receiver]:
     try:
         yield receiver
     finally:
+        receiver.closed = True
         receiver.server.shutdown()
         receiver.server.server_close()
         thread.join(5)

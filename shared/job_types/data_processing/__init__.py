@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.job_types.s3uri import S3Uri
+from shared.job_types.s3uri import Destination, S3Uri
 from shared.registry import JobContext, job_type
 
 Comparison = Literal["eq", "ne", "gt", "ge", "lt", "le", "in", "not_in", "contains", "exists",
@@ -97,14 +97,15 @@ Source = Annotated[
 
 
 class DataProcessingPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Inline records are data: a validation error (stored as last_error) must not quote them.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     source: Source = Field(description="s3://bucket/key, or a list of records (objects).")
     format: Literal["csv", "jsonl"] = Field(description="Format of the source and output.")
     output_format: Literal["csv", "jsonl"] | None = Field(
         None, description="Format of the output when it differs from the source's.")
     operations: list[Operation] = Field(default_factory=list, max_length=50)
-    destination: S3Uri
+    destination: Destination
 
     @field_validator("source")
     @classmethod

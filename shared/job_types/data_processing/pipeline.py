@@ -55,19 +55,21 @@ async def run(payload: DataProcessingPayload, ctx: JobContext) -> dict[str, Any]
 
 def _run(payload: DataProcessingPayload, ctx: JobContext, stop: threading.Event
          ) -> dict[str, Any]:
-    clients = aws.clients(ctx.resources, ctx.settings)
+    s = ctx.settings
+    aws.ensure_writable(payload.destination, s)  # before any work, not after it
+    clients = aws.clients(ctx.resources, s)
     counts = {"in": 0, "out": 0}
     body: IO[bytes] | None = None
     if isinstance(payload.source, str):
-        body, _ = clients.open(payload.source)
-        rows = read(body, payload.format)
+        body, _ = clients.open(payload.source, s.data_max_source_bytes)
+        rows = read(body, payload.format, s.data_max_line_bytes)
     else:
         rows = iter(payload.source)
     out_format = payload.output_format or payload.format
     try:
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b") as spool:
-            stream = pipeline(_counted(rows, counts, "in", stop), payload.operations,
-                              ctx.settings.data_max_groups)
+            stream = pipeline(_counted(rows, counts, "in", stop, s.data_max_rows),
+                              payload.operations, s.data_max_groups)
             write(spool, out_format, _counted(stream, counts, "out", stop))
             size = spool.tell()
             spool.seek(0)
@@ -80,9 +82,12 @@ def _run(payload: DataProcessingPayload, ctx: JobContext, stop: threading.Event
 
 
 def _counted(rows: Iterable[Row], counts: dict[str, int], key: str,
-             stop: threading.Event) -> Iterator[Row]:
+             stop: threading.Event, max_rows: int | None = None) -> Iterator[Row]:
     n = 0
     for n, row in enumerate(rows, 1):
+        if max_rows is not None and n > max_rows:
+            raise PermanentError(f"the source has more than {max_rows} rows "
+                                 "(AJS_DATA_MAX_ROWS)")
         if n % CHECK_EVERY == 0:
             if stop.is_set():
                 raise Stopped("stopped while processing")
@@ -94,36 +99,69 @@ def _counted(rows: Iterable[Row], counts: dict[str, int], key: str,
 # --- reading ------------------------------------------------------------------------------------
 
 
-def read(body: IO[bytes], fmt: str) -> Iterator[Row]:
+class _Lines:
+    """The lines of a text stream, each at most ``limit`` characters: iterating a file
+    reads a whole line however long it is, so one 30 MiB line would cost hundreds of MiB
+    once parsed. Errors name the line number, never its content (the data may be private).
+    """
+
+    def __init__(self, text: IO[str], limit: int) -> None:
+        self.text, self.limit, self.number = text, limit, 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            line = self.text.readline(self.limit + 2)  # room for "\r\n"
+        except UnicodeDecodeError:
+            raise PermanentError(f"source is not UTF-8 text (line {self.number + 1})"
+                                 ) from None
+        if not line:
+            raise StopIteration
+        self.number += 1
+        if len(line) > self.limit and len(line.rstrip("\r\n")) > self.limit:
+            raise PermanentError(f"line {self.number} is longer than {self.limit} characters "
+                                 "(AJS_DATA_MAX_LINE_BYTES)")
+        return line
+
+
+def read(body: IO[bytes], fmt: str, max_line: int = 1024 * 1024) -> Iterator[Row]:
     # BufferedReader turns botocore's readinto() into efficient buffered reads.
     buffered = io.BufferedReader(body, READ_BUFFER)  # type: ignore[type-var]
     text = io.TextIOWrapper(buffered, encoding="utf-8", newline="")
-    try:
-        yield from (read_csv(text) if fmt == "csv" else read_jsonl(text))
-    except UnicodeDecodeError as exc:
-        raise PermanentError(f"source is not UTF-8 text: {exc}") from exc
-    except csv.Error as exc:
-        raise PermanentError(f"source is not valid csv: {exc}") from exc
+    lines = _Lines(text, max_line)
+    yield from (read_csv(lines, max_line) if fmt == "csv" else read_jsonl(lines))
 
 
-def read_csv(text: IO[str]) -> Iterator[Row]:
+def read_csv(lines: _Lines, max_field: int) -> Iterator[Row]:
     """Rows keyed by the header line; values stay text (filters read numbers from it).
     Blank lines are skipped, short rows padded with nulls, cells beyond the header
-    dropped (csv.DictReader's rules, without its per-row overhead)."""
-    reader = csv.reader(text)
-    header = next(reader, None)
-    if header is None:
-        return
-    width = len(header)
-    for cells in reader:
-        if len(cells) == width:
-            yield dict(zip(header, cells, strict=True))
-        elif cells:
-            yield dict(zip(header, [*cells, *[None] * (width - len(cells))], strict=False))
+    dropped (csv.DictReader's rules, without its per-row overhead). A quoted field may
+    span lines, so fields are bounded too: by the csv module's limit, which is process-wide
+    and so only ever raised to the largest line any job allows."""
+    if csv.field_size_limit() < max_field:
+        csv.field_size_limit(max_field)
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        width = len(header)
+        for cells in reader:
+            if len(cells) == width:
+                yield dict(zip(header, cells, strict=True))
+            elif cells:
+                yield dict(zip(header, [*cells, *[None] * (width - len(cells))],
+                               strict=False))
+    except csv.Error as exc:
+        # The csv module's messages describe the problem ("field larger than field
+        # limit", "new-line character seen in unquoted field") without quoting the data.
+        raise PermanentError(f"line {lines.number}: not valid csv: {exc}") from None
 
 
-def read_jsonl(text: IO[str]) -> Iterator[Row]:
-    for number, line in enumerate(text, 1):
+def read_jsonl(lines: Iterable[str]) -> Iterator[Row]:
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -290,8 +328,9 @@ class _Acc:
             self.n += 1
             return
         value = number(raw)
-        if value is None:
-            raise PermanentError(f"group_by: {agg.fn}({agg.field}) met {raw!r}, not a number")
+        if value is None:  # the value itself stays out of the error: it may be private
+            raise PermanentError(f"group_by: {agg.fn}({agg.field}) met a value that is not "
+                                 "a number")
         self.n += 1
         if agg.fn in ("sum", "mean"):
             self.total += value

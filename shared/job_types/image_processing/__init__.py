@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.job_types.s3uri import S3Uri
+from shared.job_types.s3uri import Destination, S3Uri
 from shared.registry import JobContext, job_type
 
 Side = Annotated[int, Field(ge=1, le=20_000)]
@@ -82,7 +82,7 @@ class ImagePayload(BaseModel):
     operations: list[Operation] = Field(default_factory=list, max_length=20)
     format: Literal["jpeg", "png", "webp"]
     quality: int | None = Field(None, ge=1, le=100, description="jpeg and webp only.")
-    destination: S3Uri
+    destination: Destination
 
 
 @job_type("image_processing", ImagePayload, timeout_seconds=120, concurrency_limit=8)

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import TYPE_CHECKING, Any
+import itertools
+import math
+import shutil
+import tempfile
+from typing import IO, TYPE_CHECKING, Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.job_types import aws
+from shared.job_types.image_processing import budget as budgets
 from shared.registry import JobContext, PermanentError
 
 if TYPE_CHECKING:
@@ -23,49 +28,170 @@ if TYPE_CHECKING:
 
 PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 CONTENT_TYPE = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+BYTES_PER_PIXEL = 4  # Pillow keeps RGB, RGBA, CMYK, I and F at 4 bytes a pixel, L at 1
+SPOOL_BYTES = 1024 * 1024  # a source waiting for its budget waits on disk beyond this
+TRIM_ABOVE = 64 * 1024 * 1024  # after a job this large, hand freed memory back
 
 
 async def run(payload: ImagePayload, ctx: JobContext) -> dict[str, Any]:
-    return await asyncio.to_thread(_run, payload, ctx)
+    """Fetch and read the header, wait for the memory the image will need, then decode.
+
+    The wait is on the worker's event loop, not in a thread: threads are few and shared
+    with every other job type. A thread cannot be stopped, so when the job is cancelled
+    or times out mid-decode its share comes back only when the thread ends.
+    """
+    s = ctx.settings
+    aws.ensure_writable(payload.destination, s)  # before any work, not after it
+    source, size = await asyncio.to_thread(_fetch, payload, ctx)
+    budget = budgets.of(ctx.resources, s.image_memory_budget_bytes)
+    held = 0
+    started = False  # once the thread runs, it owns (and closes) the source
+    try:
+        need = estimate(size, payload.operations)
+        if need > budget.total:
+            raise PermanentError(
+                f"the {size[0]}x{size[1]} image and its operations need about "
+                f"{need // 2**20} MiB, more than this worker's whole image budget of "
+                f"{budget.total // 2**20} MiB (AJS_IMAGE_MEMORY_BUDGET_BYTES)")
+        held = await budget.acquire(need)
+        work = asyncio.ensure_future(asyncio.to_thread(_transform, source, payload, ctx,
+                                                       need >= TRIM_ABOVE))
+        started = True
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            budget.release_when_done(held, work)
+            held = 0
+            raise
+    finally:
+        budget.release(held)
+        if not started:
+            source.close()
 
 
-def _run(payload: ImagePayload, ctx: JobContext) -> dict[str, Any]:
+def _fetch(payload: ImagePayload, ctx: JobContext) -> tuple[IO[bytes], tuple[int, int]]:
+    """The source, spooled (to disk when large), and its size from the header alone."""
     clients = aws.clients(ctx.resources, ctx.settings)
     body, _ = clients.open(payload.source, ctx.settings.image_max_bytes)
+    # Not a with block: on success the spool outlives this function (run() closes it).
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")  # noqa: SIM115
     try:
-        data = body.read()
+        try:
+            shutil.copyfileobj(body, spool, 256 * 1024)
+        finally:
+            body.close()
+        spool.seek(0)
+        return spool, probe(spool, ctx.settings.image_max_pixels)
+    except BaseException:
+        spool.close()
+        raise
+
+
+def _transform(source: IO[bytes], payload: ImagePayload, ctx: JobContext, trim: bool
+               ) -> dict[str, Any]:
+    try:
+        source.seek(0)
+        out, size = transform(source, payload, ctx.settings.image_max_pixels)
     finally:
-        body.close()
-    out, size = transform(data, payload, ctx.settings.image_max_pixels)
+        source.close()
+        if trim:  # the decoded pixels are garbage by now
+            budgets.give_back_memory()
+    clients = aws.clients(ctx.resources, ctx.settings)
     clients.upload(io.BytesIO(out), payload.destination, CONTENT_TYPE[payload.format])
     return {"source": payload.source, "destination": payload.destination,
             "format": payload.format, "width": size[0], "height": size[1], "bytes": len(out),
             "operations": [op.op for op in payload.operations]}
 
 
-def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode untrusted bytes, refusing bombs and damaged files with a clear reason."""
+def probe(data: IO[bytes], max_pixels: int) -> tuple[int, int]:
+    """The image's size from its header (no pixel is decoded), refusing bombs."""
     try:
-        img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if width * height > max_pixels:
-            raise PermanentError(
-                f"decompression bomb refused: the image claims {width}x{height} = "
-                f"{width * height} pixels, over the limit of {max_pixels} "
-                "(AJS_IMAGE_MAX_PIXELS)")
-        img.load()
-        return ImageOps.exif_transpose(img) or img
+        img = Image.open(data)
+        _refuse_bomb(img.size, max_pixels)
+        return img.size
     except PermanentError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise PermanentError(f"decompression bomb refused: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise PermanentError("not an image Pillow can read (unknown or corrupt header)"
-                             ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as exc:
+    except Exception as exc:
+        if (failure := _failure(exc)) is exc:
+            raise
+        raise failure from exc
+
+
+def _refuse_bomb(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise PermanentError(
+            f"decompression bomb refused: the image claims {width}x{height} = "
+            f"{width * height} pixels, over the limit of {max_pixels} "
+            "(AJS_IMAGE_MAX_PIXELS)")
+
+
+def sizes(size: tuple[int, int], operations: list[Operation]) -> list[tuple[int, int]]:
+    """The size of the image after each operation, from the sizes alone."""
+    out = [size]
+    w, h = size
+    for op in operations:
+        if op.op == "resize":
+            w, h = _resize_size(op, w, h)
+        elif op.op == "thumbnail":
+            scale = min(op.width / w, op.height / h, 1.0)
+            w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        elif op.op == "crop":
+            w, h = op.right - op.left, op.bottom - op.top
+        elif op.op == "rotate" and op.expand:
+            a = math.radians(op.degrees)
+            w, h = (math.ceil(abs(w * math.cos(a)) + abs(h * math.sin(a))) + 1,
+                    math.ceil(abs(w * math.sin(a)) + abs(h * math.cos(a))) + 1)
+        out.append((w, h))
+    return out
+
+
+def estimate(size: tuple[int, int], operations: list[Operation]) -> int:
+    """Bytes a job holds at its peak: an operation's input and output live together, and
+    decoding may make a transposed copy (EXIF orientation)."""
+    steps = [w * h for w, h in sizes(size, operations)]
+    pairs = [2 * steps[0], *map(sum, itertools.pairwise(steps))]
+    return BYTES_PER_PIXEL * max(pairs)
+
+
+def _failure(exc: Exception) -> Exception:
+    """Pillow's failure on untrusted bytes as a PermanentError that says why (other errors
+    are returned as they are)."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return PermanentError(f"decompression bomb refused: {exc}")
+    if isinstance(exc, UnidentifiedImageError):
+        return PermanentError("not an image Pillow can read (unknown or corrupt header)")
+    if isinstance(exc, OSError | SyntaxError | ValueError | EOFError | IndexError
+                  | MemoryError):
         # Pillow's decoders signal damaged data with any of these.
-        raise PermanentError(f"corrupt or truncated image: {type(exc).__name__}: {exc}"
-                             ) from exc
+        return PermanentError(f"corrupt or truncated image: {type(exc).__name__}: {exc}")
+    return exc
+
+
+def decode(data: bytes | IO[bytes], max_pixels: int) -> Image.Image:
+    """Decode untrusted bytes, refusing bombs and damaged files with a clear reason."""
+    try:
+        img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        _refuse_bomb(img.size, max_pixels)
+        img.load()
+        # in place: without it, an image that needs no turning is copied whole
+        ImageOps.exif_transpose(img, in_place=True)
+        return img
+    except PermanentError:
+        raise
+    except Exception as exc:
+        if (failure := _failure(exc)) is exc:
+            raise
+        raise failure from exc
+
+
+def _resize_size(op: Any, w: int, h: int) -> tuple[int, int]:
+    if op.width and op.height and not op.keep_aspect:
+        return (op.width, op.height)
+    if op.width and (not op.height or op.width / w <= op.height / h):
+        return (op.width, max(1, round(h * op.width / w)))
+    assert op.height is not None
+    return (max(1, round(w * op.height / h)), op.height)
 
 
 def _check(size: tuple[int, int], max_pixels: int, op: str) -> tuple[int, int]:
@@ -78,16 +204,11 @@ def _check(size: tuple[int, int], max_pixels: int, op: str) -> tuple[int, int]:
 def apply(img: Image.Image, op: Operation, max_pixels: int) -> Image.Image:
     w, h = img.size
     if op.op == "resize":
-        if op.width and op.height and not op.keep_aspect:
-            size = (op.width, op.height)
-        elif op.width and (not op.height or op.width / w <= op.height / h):
-            size = (op.width, max(1, round(h * op.width / w)))
-        else:
-            assert op.height is not None
-            size = (max(1, round(w * op.height / h)), op.height)
+        size = _resize_size(op, w, h)
         return img.resize(_check(size, max_pixels, "resize"), Image.Resampling.LANCZOS)
     if op.op == "thumbnail":
-        img = img.copy()
+        # In place: a copy first would hold the full-size image twice. The pipeline never
+        # looks at an operation's input again.
         img.thumbnail((op.width, op.height), Image.Resampling.LANCZOS)
         return img
     if op.op == "crop":
@@ -128,7 +249,7 @@ def encode(img: Image.Image, fmt: str, quality: int | None) -> bytes:
     return buf.getvalue()
 
 
-def transform(data: bytes, payload: ImagePayload, max_pixels: int
+def transform(data: bytes | IO[bytes], payload: ImagePayload, max_pixels: int
               ) -> tuple[bytes, tuple[int, int]]:
     img = decode(data, max_pixels)
     for op in payload.operations:

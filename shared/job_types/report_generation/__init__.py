@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from shared.job_types.s3uri import S3Uri
+from shared.job_types.s3uri import Destination
 from shared.registry import JobContext, job_type
 
 
@@ -21,7 +21,7 @@ class ReportPayload(BaseModel):
 
     report: Literal["job_activity", "table"] = "job_activity"
     format: Literal["html", "csv"] = "html"
-    destination: S3Uri | None = Field(
+    destination: Destination | None = Field(
         None, description="Where to write; default s3://AJS_REPORTS_BUCKET/reports/<job id>.")
     expires_in: int | None = Field(None, ge=1, le=604800,
                                    description="Presigned URL lifetime, seconds.")

@@ -46,6 +46,7 @@ async def run(payload: ReportPayload, ctx: JobContext) -> dict[str, Any]:
         if not s.reports_bucket:
             raise PermanentError("no destination given and AJS_REPORTS_BUCKET is not set")
         destination = f"s3://{s.reports_bucket}/reports/{ctx.job_id}.{payload.format}"
+    aws.ensure_writable(destination, s)
     now = datetime.now(UTC)
     if payload.report == "job_activity":
         since, until = payload.window(now)

@@ -7,10 +7,16 @@ gets its own connection: pooled connections are keyed by address, and two host n
 one address must not share a TLS session. The TLS context (costly to build: it loads the
 CA bundle) is made once per worker. Redirects are not followed: the guard has not seen
 where they lead.
+
+``timeout`` is a deadline for the whole delivery: httpx's timeouts apply to each network
+operation, so a receiver sending one byte a second would never trip them and would hold
+the worker's slot until the job's own timeout (up to a day). Errors and results name the
+URL without its user info, and keep the answer's body only when the payload asks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -20,14 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from shared.job_types.webhook import sealing, ssrf
 from shared.job_types.webhook import signing as webhook_signing
-from shared.job_types.webhook import ssrf
 from shared.registry import JobContext, PermanentError, RetryableError
 
 if TYPE_CHECKING:
     from shared.job_types.webhook import WebhookPayload
 
-KEEP = 1024  # bytes of the response kept in the result
 USER_AGENT = "async-job-scheduler-webhooks/1"
 
 
@@ -72,10 +77,42 @@ async def deliver(payload: WebhookPayload, ctx: JobContext) -> dict[str, Any]:
     except ValueError as exc:
         raise PermanentError(f"AJS_WEBHOOK_SECRET: {exc}") from exc
 
+    shown = sealing.without_userinfo(str(payload.url))
+    timeout = payload.timeout or s.webhook_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            address, response, head = await _send(payload, ctx, key, shown, timeout)
+    except TimeoutError:
+        raise RetryableError(f"{shown}: no complete answer within {timeout:g} s (the "
+                             "delivery's deadline)") from None
+
+    status = response.status_code
+    text = bytes(head).decode("utf-8", errors="replace")
+    result: dict[str, Any] = {"status_code": status, "url": shown, "address": address,
+                              "webhook_id": f"msg_{ctx.job_id}", "attempt": ctx.attempt}
+    if payload.response_bytes:
+        result["response"] = text
+    if 200 <= status < 300:
+        return result
+    said = f"{shown} answered {status}" + (f": {text[:200]}" if text else "")
+    if status in (408, 429) or status >= 500:
+        raise RetryableError(said, retry_after=retry_after(
+            response.headers.get("retry-after"), s.webhook_retry_after_max))
+    if 300 <= status < 400:
+        location = sealing.without_userinfo(response.headers.get("location") or "")
+        raise PermanentError(f"{shown} answered {status} (redirects are not followed; "
+                             f"Location: {location})")
+    raise PermanentError(said)
+
+
+async def _send(payload: WebhookPayload, ctx: JobContext, key: bytes, shown: str,
+                per_operation: float) -> tuple[str, httpx.Response, bytearray]:
+    """Resolve, check, connect, send and read up to ``response_bytes`` of the answer."""
     url = httpx.URL(str(payload.url))
     try:
         address = await ssrf.resolve(url.host, url.port or (443 if url.scheme == "https"
-                                                             else 80), s.webhook_allowlist)
+                                                             else 80),
+                                     ctx.settings.webhook_allowlist)
     except ssrf.Refused as exc:
         raise PermanentError(str(exc)) from exc
     except ssrf.Unresolvable as exc:
@@ -85,42 +122,31 @@ async def deliver(payload: WebhookPayload, ctx: JobContext) -> dict[str, Any]:
     msg_id = f"msg_{ctx.job_id}"  # the same on every attempt: receivers deduplicate on it
     headers = {"content-type": content_type, "user-agent": USER_AGENT, **payload.headers,
                **webhook_signing.headers(key, msg_id, int(time.time()), body),
-               "host": url.netloc.decode("ascii")}
-    timeout = payload.timeout or s.webhook_timeout_seconds
+               "host": url.netloc.decode("ascii").rpartition("@")[2]}
     extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
     target = url.copy_with(host=address)
+    keep = payload.response_bytes
 
     async with httpx.AsyncClient(verify=_tls(ctx), trust_env=False, follow_redirects=False,
-                                 timeout=timeout) as client:
+                                 timeout=per_operation) as client:
         try:
             request = client.build_request(payload.method, target, content=body,
                                            headers=headers, extensions=extensions)
             response = await client.send(request, stream=True)
+            head = bytearray()
             try:
-                head = bytearray()
-                async for chunk in response.aiter_bytes():
-                    head += chunk
-                    if len(head) >= KEEP:
-                        break
+                if keep:
+                    async for chunk in response.aiter_bytes():
+                        head += chunk
+                        if len(head) >= keep:
+                            break
             finally:
                 await response.aclose()
         except httpx.TimeoutException as exc:
-            raise RetryableError(f"{payload.url}: no answer within {timeout:g} s "
+            raise RetryableError(f"{shown}: no answer within {per_operation:g} s "
                                  f"({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
-            raise RetryableError(f"{payload.url}: {type(exc).__name__}: {exc}") from exc
-
-    status = response.status_code
-    text = bytes(head[:KEEP]).decode("utf-8", errors="replace")
-    result = {"status_code": status, "response": text, "url": str(payload.url),
-              "address": address, "webhook_id": msg_id, "attempt": ctx.attempt}
-    if 200 <= status < 300:
-        return result
-    said = f"{payload.url} answered {status}: {text[:200]}"
-    if status in (408, 429) or status >= 500:
-        raise RetryableError(said, retry_after=retry_after(
-            response.headers.get("retry-after"), s.webhook_retry_after_max))
-    if 300 <= status < 400:
-        raise PermanentError(f"{payload.url} answered {status} (redirects are not followed; "
-                             f"Location: {response.headers.get('location')})")
-    raise PermanentError(said)
+            # httpx's message could quote the URL: with user info in it, name the kind only
+            said = "" if sealing.has_userinfo(str(payload.url)) else f": {exc}"
+            raise RetryableError(f"{shown}: {type(exc).__name__}{said}") from exc
+    return address, response, head[:keep]
