@@ -447,3 +447,41 @@ async def test_moving_the_slot_mid_drain_loses_no_job(
     dupes = await db.fetchval(
         "SELECT count(*) FROM (SELECT job_id FROM runs GROUP BY job_id HAVING count(*) > 1) d")
     assert dupes == 0
+
+
+async def test_the_apis_bounded_pool_waits_on_a_cluster_too(
+        settings: Settings, namespace: str, redis_cluster: RedisClusterServers,
+        masters: list[aioredis.Redis]) -> None:
+    """``AJS_API_REDIS_MAX_CONNECTIONS`` on a cluster: a burst beyond the bound waits for
+    its turn (redis-py's cluster pool alone would fail it at once) and opens no more than
+    that many connections to any master; a turn that does not come in time is a 503."""
+    from functions.api.app import create_app
+
+    app = create_app(settings.model_copy(update={
+        "redis_url": f"{redis_cluster.url}?client_name={namespace}",
+        "api_redis_max_connections": 3, "api_redis_pool_timeout": 0.3}))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api",
+                                     headers=await admin_headers(settings)) as api:
+            answers = await asyncio.gather(*(api.get("/api/v1/health") for _ in range(40)),
+                                           *(api.get("/api/v1/jobs/stats") for _ in range(10)))
+            assert [a.status_code for a in answers] == [200] * 50
+            for m in masters:
+                # (the startup node also keeps the connection that read the slot map)
+                opened = sum(1 for c in await m.client_list()
+                             if c.get("name") == namespace and c.get("cmd") != "cluster|slots")
+                assert opened <= 3, f"{opened} connections to one master for a bound of 3"
+            gate = app.state.stores.redis.gate
+            for _ in range(3):  # every turn taken
+                await gate.acquire()
+            try:
+                busy = await api.get("/api/v1/jobs/stats")
+            finally:
+                for _ in range(3):
+                    gate.release()
+            assert busy.status_code == 503, busy.text
+            assert busy.json()["error"]["details"][0]["loc"] == ["redis"]
+            assert (await api.get("/api/v1/jobs/stats")).status_code == 200
+    finally:
+        await app.state.stores.close()

@@ -25,6 +25,7 @@ touches. Cancel signals use sharded pub/sub there (see :class:`CancelSubscriptio
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -119,7 +120,20 @@ def cluster_reachable() -> Iterator[None]:
 
 
 class Cluster(RedisCluster):
-    """redis-py's asyncio RedisCluster, with :func:`cluster_reachable`'s errors."""
+    """redis-py's asyncio RedisCluster, with :func:`cluster_reachable`'s errors, and
+    optionally a bound on the commands in flight (see :meth:`bound`)."""
+
+    gate: asyncio.Semaphore | None = None
+    gate_timeout: float = 5.0
+
+    def bound(self, max_connections: int, pool_timeout: float) -> Cluster:
+        """At most ``max_connections`` commands at once, so at most that many connections
+        to each node; a command beyond waits up to ``pool_timeout`` s for its turn, then
+        raises ConnectionError: what BlockingConnectionPool does on one node. (The
+        cluster client's own per-node limit does not wait: it fails at once.)"""
+        self.gate = asyncio.Semaphore(max_connections)
+        self.gate_timeout = pool_timeout
+        return self
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         with cluster_reachable():
@@ -127,7 +141,18 @@ class Cluster(RedisCluster):
 
     async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
         with cluster_reachable():
-            return await super().execute_command(*args, **kwargs)
+            if self.gate is None:
+                return await super().execute_command(*args, **kwargs)
+            try:
+                async with asyncio.timeout(self.gate_timeout):
+                    await self.gate.acquire()
+            except TimeoutError:
+                raise RedisConnectionError(
+                    f"no free Redis connection within {self.gate_timeout} s") from None
+            try:
+                return await super().execute_command(*args, **kwargs)
+            finally:
+                self.gate.release()
 
 
 def connect(url: str, max_connections: int | None = None, pool_timeout: float = 5.0,
@@ -136,12 +161,10 @@ def connect(url: str, max_connections: int | None = None, pool_timeout: float = 
     map from it and follows MOVED/ASK redirections. hiredis parses replies when installed
     (it is a dependency)."""
     if cluster:
-        # max_connections bounds each node's pool; redis-py's cluster client does not
-        # wait for a free connection, it raises MaxConnectionsError (a ConnectionError:
-        # a 503 in the API) at once.
-        limit = {} if max_connections is None else {"max_connections": max_connections}
-        return Cluster.from_url(url, decode_responses=True, health_check_interval=30,
-                                **limit)
+        client = cast(Cluster, Cluster.from_url(  # from_url builds a cls
+            url, decode_responses=True, health_check_interval=30))
+        return client if max_connections is None else client.bound(max_connections,
+                                                                    pool_timeout)
     if max_connections is None:
         return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
     # Bounded: a burst of requests waits up to pool_timeout for a free connection instead
