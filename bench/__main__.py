@@ -69,6 +69,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="sample the drain workers and the API server with py-spy (slows them)")
     ap.add_argument("--cold-imports", action="store_true",
                     help="no bytecode cache for the worker and API (see bench/bytecode.py)")
+    ap.add_argument("--auth-off", action="store_true",
+                    help="the API server checks no key (AJS_AUTH_DISABLED), to price the check")
     ap.add_argument("--out", help="directory for raw.json, worker.log and profiles")
     ap.add_argument("--append", help="append the printed tables to this markdown file")
     ap.add_argument("--label", default="", help="a note for the appended section's title")
@@ -100,7 +102,8 @@ def _memory_gib() -> int:
 async def run(a: argparse.Namespace) -> int:
     os.makedirs(a.out, exist_ok=True)
     target = Target(a.database_url, a.redis_url, a.schema, a.prefix,
-                    bytecode_cache=None if a.cold_imports else BYTECODE_CACHE)
+                    bytecode_cache=None if a.cold_imports else BYTECODE_CACHE,
+                    auth_disabled=a.auth_off)
     say = print
     await ensure_database(target.database_url)
     plan = Plan(n=a.n, http_n=a.http_n, rate=a.rate, seconds=a.seconds,

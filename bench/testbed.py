@@ -34,6 +34,7 @@ class Target:
     schema: str = "ajs_bench"
     prefix: str = "ajs_bench"
     bytecode_cache: str | None = BYTECODE_CACHE  # None: children compile from source
+    auth_disabled: bool = False  # the API server checks no key (to price the key check)
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -66,6 +67,8 @@ class Target:
         if self.bytecode_cache:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = self.bytecode_cache
+        if self.auth_disabled:
+            env["AJS_AUTH_DISABLED"] = "true"
         env.update(extra)
         return env
 

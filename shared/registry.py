@@ -16,6 +16,12 @@ both enforced across all workers in Redis). The five seed types live in
     async def thumbnail(payload: Resize, ctx: JobContext) -> dict:
         ...
 
+Recurring schedules can be declared beside them (synced by name at start; see the README,
+"Recurring schedules")::
+
+    schedule("nightly-thumbnails", "30 2 * * *", "thumbnail", {"url": "..."},
+             timezone="Europe/Berlin", overlap="skip")
+
 Importing this module is cheap on purpose: the API validates payloads with the models
 but never imports what the handlers need.
 """
@@ -142,9 +148,29 @@ class JobType:
         return self.redact_payload(stored) if self.redact_payload else stored
 
 
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A recurring schedule declared in code: the fields of ``POST /schedules``."""
+
+    name: str
+    cron: str
+    job_type: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    timezone: str = "UTC"
+    priority: int | None = None
+    max_retries: int | None = None
+    timeout_seconds: float | None = None
+    paused: bool = False  # at creation only: afterwards PATCH decides
+    overlap: str = "allow"
+    misfire: str = "run_once"
+    start_at: Any = None
+    end_at: Any = None
+
+
 class Registry:
     def __init__(self) -> None:
         self._types: dict[str, JobType] = {}
+        self._schedules: dict[str, ScheduleSpec] = {}
 
     def add(self, jt: JobType) -> JobType:
         if not 1 <= jt.priority <= 10:
@@ -184,6 +210,17 @@ class Registry:
             data["payload"] = jt.redact(data["payload"])
         return data
 
+    def add_schedule(self, spec: ScheduleSpec) -> ScheduleSpec:
+        """Declare a schedule (checked when it is synced, by the API's rules)."""
+        self._schedules[spec.name] = spec
+        return spec
+
+    def remove_schedule(self, name: str) -> ScheduleSpec | None:
+        return self._schedules.pop(name, None)
+
+    def schedules(self) -> list[ScheduleSpec]:
+        return [self._schedules[n] for n in sorted(self._schedules)]
+
     def limits(self, queue: str | None = None) -> list[TypeLimit]:
         """Every type (of ``queue``) with its limits, for the claim script."""
         return [jt.limit for jt in self.all() if queue is None or jt.queue == queue]
@@ -205,6 +242,14 @@ def job_type(
         return handler
 
     return register
+
+
+def schedule(name: str, cron: str, job_type: str, payload: dict[str, Any] | None = None,
+             **options: Any) -> ScheduleSpec:
+    """Declare a recurring schedule in code (options: timezone, priority, max_retries,
+    timeout_seconds, paused, overlap, misfire, start_at, end_at)."""
+    return registry.add_schedule(ScheduleSpec(name, cron, job_type, dict(payload or {}),
+                                              **options))
 
 
 def load(modules: Iterable[str] = ()) -> Registry:

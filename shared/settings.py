@@ -81,6 +81,16 @@ class Settings(BaseSettings):
         description="Jobs due within this window go straight to the Redis delayed set; later "
         "ones stay PENDING until a scheduler tick. Must exceed the tick interval.",
     )
+    schedule_max_runs_per_tick: int = Field(
+        100, ge=1, le=10_000,
+        description="Most jobs one recurring schedule makes per scheduler pass (a schedule "
+        "firing every second with the 90 s look-ahead makes 90); the rest follow next pass.")
+    schedule_misfire_grace_seconds: float = Field(
+        60.0, ge=0, description="A fire time later than this when the scheduler gets to it "
+        "(after an outage) was missed: the schedule's misfire policy decides (run_once: one "
+        "run for all missed times; skip: none). Within it, a late run still runs.")
+    schedule_batch: int = Field(
+        100, ge=1, le=10_000, description="Schedules one transaction fires (a pass loops).")
 
     # --- worker -------------------------------------------------------------------------
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",

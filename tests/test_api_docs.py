@@ -23,6 +23,9 @@ ROUTES = {
     ("DELETE", "/api/v1/dead-letters"), ("POST", "/api/v1/dead-letters/redrive"),
     ("POST", "/api/v1/dead-letters/{job_id}/redrive"), ("GET", "/api/v1/health"),
     ("GET", "/api/v1/job-types"),
+    ("POST", "/api/v1/schedules"), ("GET", "/api/v1/schedules"),
+    ("GET", "/api/v1/schedules/{schedule_id}"), ("PATCH", "/api/v1/schedules/{schedule_id}"),
+    ("DELETE", "/api/v1/schedules/{schedule_id}"),
 }
 
 
@@ -92,7 +95,7 @@ async def test_unknown_docs_asset_is_a_plain_404(api):
 
 
 async def test_openapi_lists_every_route(api, settings: Settings):
-    from functions.api import dead_letters, health, job_types, jobs
+    from functions.api import dead_letters, health, job_types, jobs, schedules
 
     resp = await api.get(f"{API}/openapi.json")
     assert resp.status_code == 200
@@ -101,7 +104,7 @@ async def test_openapi_lists_every_route(api, settings: Settings):
     assert documented(schema) == ROUTES  # a new route belongs in ROUTES (and its tests)
     # Every public route the routers declare, read from the routers themselves.
     declared = {(m, settings.api_prefix + r.path_format)
-                for module in (jobs, dead_letters, health, job_types)
+                for module in (jobs, dead_letters, health, job_types, schedules)
                 for r in module.router.routes
                 if isinstance(r, APIRoute) and r.include_in_schema for m in r.methods}
     assert declared == ROUTES

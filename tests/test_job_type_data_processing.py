@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from shared.registry import PermanentError
 from shared.settings import Settings
 from tests.support import job_api
 from tests.support.aws_moto import Moto, use_moto
+from tests.support.memory import kib, reset_peak
 
 # Peak RSS growth allowed for a worker process streaming the 200,000-row input below
 # (14 MiB of csv in, 12 MiB out). Loading it whole would need well over 100 MiB
@@ -195,18 +195,6 @@ async def test_bad_data_processing_payloads_get_422_naming_the_field(api: Any) -
 # --- memory ---------------------------------------------------------------------------------------
 
 
-def _kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{field} not in /proc/{pid}/status")
-
-
-def _reset_peak(pid: int) -> None:
-    """VmHWM := current RSS, so VmHWM then reads the peak of what follows."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
 def _big_csv(rows: int) -> tuple[bytes, int]:
     """``rows`` csv rows (about 85 bytes each) and how many have amount >= 10."""
     regions = ["eu-west", "eu-central", "us-east", "us-west", "ap-south", "ap-east"]
@@ -239,13 +227,13 @@ async def test_200k_row_input_stays_within_the_memory_bound(api: Any, spawn: Any
         "destination": f"s3://{bucket}/out/small.csv"})
     assert (await job_api.finished(api, warm, timeout=60))["status"] == "COMPLETED"
 
-    before = _kib(proc.pid, "VmRSS")
-    _reset_peak(proc.pid)
+    before = kib(proc.pid, "VmRSS")
+    reset_peak(proc.pid)
     job_id = await job_api.create(api, "data_processing", {
         "source": big, "format": "csv", "operations": ops,
         "destination": f"s3://{bucket}/out/big.csv"})
     job = await job_api.finished(api, job_id, timeout=120)
-    peak = _kib(proc.pid, "VmHWM")
+    peak = kib(proc.pid, "VmHWM")
     assert job["status"] == "COMPLETED", job["last_error"]
     assert job["result"]["rows_in"] == 200_000
     assert job["result"]["rows_out"] == kept
@@ -277,13 +265,13 @@ async def test_a_30_mib_line_is_refused_without_the_memory_growth(api: Any, spaw
         "source": small, "format": "csv", "destination": f"s3://{bucket}/out/small.csv"})
     assert (await job_api.finished(api, warm, timeout=60))["status"] == "COMPLETED"
 
-    before = _kib(proc.pid, "VmRSS")
-    _reset_peak(proc.pid)
+    before = kib(proc.pid, "VmRSS")
+    reset_peak(proc.pid)
     jobs = [await job_api.create(api, "data_processing", {
         "source": source, "format": fmt, "destination": f"s3://{bucket}/out/{fmt}"})
         for source, fmt in ((wide, "csv"), (long, "jsonl"))]
     failed = [await job_api.finished(api, job_id, timeout=60) for job_id in jobs]
-    peak = _kib(proc.pid, "VmHWM")
+    peak = kib(proc.pid, "VmHWM")
     growth_mib = (peak - before) / 1024
     print(f"\nlong lines: worker RSS {before / 1024:.0f} MiB, peak growth {growth_mib:.1f} MiB "
           f"(bound {MEMORY_BOUND_MIB} MiB)", file=sys.stderr)

@@ -10,7 +10,6 @@ import io
 import struct
 import sys
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from shared.job_types.aws import AwsClients
 from shared.settings import Settings
 from tests.support import job_api
 from tests.support.aws_moto import Moto, use_moto
+from tests.support.memory import kib, reset_peak
 from tests.support.waits import eventually
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -189,18 +189,6 @@ BUDGET_MIB = 512
 SETTLED_MIB = 64  # RSS over the start once the jobs are done (freed memory handed back)
 
 
-def _kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{field} not in /proc/{pid}/status")
-
-
-def _reset_peak(pid: int) -> None:
-    """VmHWM := current RSS, so VmHWM then reads the peak of what follows."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
 def _big_png() -> bytes:
     """A 6300x6300 PNG of a few hundred KiB: bands of colour compress well."""
     img = Image.new("RGB", (SIDE, SIDE), RED)
@@ -226,21 +214,21 @@ async def test_eight_large_images_at_once_stay_within_the_memory_budget(
         "destination": f"s3://{bucket}/out/warm.jpg"})
     assert (await job_api.finished(api, warm, timeout=60))["status"] == "COMPLETED"
 
-    before = _kib(proc.pid, "VmRSS")
-    _reset_peak(proc.pid)
+    before = kib(proc.pid, "VmRSS")
+    reset_peak(proc.pid)
     jobs = [await job_api.create(api, "image_processing", {
         "source": big, "format": "jpeg", "operations": thumb,
         "destination": f"s3://{bucket}/out/{i}.jpg"}) for i in range(8)]
     done = [await job_api.finished(api, job_id, timeout=120) for job_id in jobs]
-    peak = _kib(proc.pid, "VmHWM")
+    peak = kib(proc.pid, "VmHWM")
     growth_mib = (peak - before) / 1024
 
     async def settled() -> bool:
-        return (_kib(proc.pid, "VmRSS") - before) / 1024 < SETTLED_MIB
+        return (kib(proc.pid, "VmRSS") - before) / 1024 < SETTLED_MIB
 
     with contextlib.suppress(AssertionError):  # the figures are printed either way
         await eventually(settled, 10, interval=0.2, what="the worker's RSS to settle")
-    over = (_kib(proc.pid, "VmRSS") - before) / 1024
+    over = (kib(proc.pid, "VmRSS") - before) / 1024
     print(f"\neight {SIDE}x{SIDE} images: worker RSS {before / 1024:.0f} MiB, peak growth "
           f"{growth_mib:.0f} MiB (bound {BUDGET_MIB} MiB), after {over:.0f} MiB over the start",
           file=sys.stderr)

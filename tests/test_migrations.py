@@ -26,7 +26,7 @@ async def test_upgrade_head_then_downgrade_base_then_upgrade_again():
         await asyncio.to_thread(migrate.upgrade, DATABASE_URL, schema)
         assert await _tables(schema) >= {"alembic_version", "jobs", "job_transitions",
                                          "job_status_transitions", "job_counts",
-                                         "job_count_deltas", "api_keys"}
+                                         "job_count_deltas", "api_keys", "schedules"}
         await asyncio.to_thread(migrate.downgrade, DATABASE_URL, schema, "base")
         assert await _tables(schema) == {"alembic_version"}
         await asyncio.to_thread(migrate.upgrade, DATABASE_URL, schema)

@@ -7,7 +7,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from functions.api import auth, dead_letters, docs_pages, errors, health, job_types, jobs
+from functions.api import (
+    auth,
+    dead_letters,
+    docs_pages,
+    errors,
+    health,
+    job_types,
+    jobs,
+    schedules,
+)
 from functions.api.body_limit import BodyLimit
 from functions.api.metrics import RequestMetrics
 from functions.api.request_guard import RequestGuard
@@ -51,7 +60,8 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     app.state.service = JobService(stores, registry)
     errors.install(app)
     docs_pages.install(app, prefix)
-    routers = (jobs.router, dead_letters.router, health.router, job_types.router)
+    routers = (jobs.router, dead_letters.router, health.router, job_types.router,
+               schedules.router)
     for router in routers:
         app.include_router(router, prefix=prefix)
     auth.install(app, settings, stores, routers)  # refuses a route that declares no scope

@@ -36,6 +36,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from functions.api.errors import edit_openapi
 from shared.connections import Stores
 from shared.errors import Forbidden, InvalidCredential, Unauthorized
 from shared.observability.logs import get_logger
@@ -271,12 +272,7 @@ def install(app: FastAPI, settings: Settings, stores: Stores,
 
 def _document(app: FastAPI) -> None:
     """Each scoped operation names its scope and documents its 401 and 403."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
+    def scopes(schema: dict[str, Any]) -> None:
         error = {"content": {"application/json": {"schema": {
             "$ref": "#/components/schemas/ErrorResponse"}}}}
         for route in app.state.routes:
@@ -289,6 +285,5 @@ def _document(app: FastAPI) -> None:
             op["responses"]["401"] = {**error, "description": "No credential, or not one "
                                       "accepted (missing, malformed, unknown, revoked)"}
             op["responses"]["403"] = {**error, "description": f"The credential lacks {scope}"}
-        return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    edit_openapi(app, scopes)

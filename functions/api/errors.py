@@ -7,6 +7,7 @@ reached is a 503; anything unexpected is a 500 in the same shape, without intern
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -62,28 +63,34 @@ def _refusals_of(path: str, method: str, operation: dict[str, Any],
     return codes
 
 
-def _document_one_error_shape(app: FastAPI) -> None:
-    """FastAPI documents its own 422 body (``HTTPValidationError``) on every route that takes
-    parameters; ours is ``ErrorResponse``. Point the schema at the shape clients receive."""
+def edit_openapi(app: FastAPI, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Apply ``edit`` to the OpenAPI document when it is first built (FastAPI then caches
+    it). Each hook wraps the previous one, so they apply in the order installed."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
-        ours = {"$ref": "#/components/schemas/ErrorResponse"}
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                invalid = operation.get("responses", {}).get("422", {})
-                body = invalid.get("content", {}).get("application/json", {})
-                if body.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
-                    body["schema"] = ours
-        components = schema.get("components", {}).get("schemas", {})
-        for unused in ("HTTPValidationError", "ValidationError"):
-            components.pop(unused, None)
+        edit(schema)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _one_error_shape(schema: dict[str, Any]) -> None:
+    """FastAPI documents its own 422 body (``HTTPValidationError``) on every route that takes
+    parameters; ours is ``ErrorResponse``. Point the schema at the shape clients receive."""
+    ours = {"$ref": "#/components/schemas/ErrorResponse"}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            invalid = operation.get("responses", {}).get("422", {})
+            body = invalid.get("content", {}).get("application/json", {})
+            if body.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                body["schema"] = ours
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
 
 
 METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -102,12 +109,7 @@ def document_refusals(app: FastAPI, *, hosts_checked: bool) -> None:
     """Add the middleware's refusals to each operation they can reach. Installed after
     every other document hook, so a status someone else documents (auth's 403) keeps its
     description and gains ours."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
+    def refusals(schema: dict[str, Any]) -> None:
         ours = {"$ref": "#/components/schemas/ErrorResponse"}
         for path, operations in schema.get("paths", {}).items():
             for method, operation in operations.items():
@@ -118,13 +120,12 @@ def document_refusals(app: FastAPI, *, hosts_checked: bool) -> None:
                         "description": "", "content": {"application/json": {"schema": ours}}})
                     documented["description"] = " ".join(
                         filter(None, (documented["description"], _REFUSALS[refusal])))
-        return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    edit_openapi(app, refusals)
 
 
 def install(app: FastAPI) -> None:
-    _document_one_error_shape(app)
+    edit_openapi(app, _one_error_shape)
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> JSONResponse:

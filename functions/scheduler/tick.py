@@ -1,4 +1,5 @@
-"""One scheduler tick: promote due jobs, recover expired leases, reconcile Redis with
+"""One scheduler tick: sync the schedules declared in code and fire the recurring schedules
+due within the look-ahead, promote due jobs, recover expired leases, reconcile Redis with
 PostgreSQL, delete finished jobs past their retention, fold the count deltas, publish the
 gauges. Safe to run twice at once, and impossible to wedge.
 
@@ -21,13 +22,17 @@ from typing import Any
 from functions.scheduler.publish import publish
 from shared.connections import Stores
 from shared.core.lifecycle import Lifecycle, Recovered
+from shared.core.schedule_service import ScheduleService
+from shared.core.service import JobService
 from shared.maintenance.promote import promote
 from shared.maintenance.reconcile import reconcile
 from shared.maintenance.recover import recover
 from shared.maintenance.retention import delete_expired
+from shared.maintenance.schedules import fire_schedules, set_next_fire_gauges
 from shared.queue.locks import Redlock
 from shared.registry import Registry
 from shared.store.jobs import JobStore
+from shared.store.schedules import ScheduleStore
 
 LOCK_NAME = "scheduler-tick"
 
@@ -44,9 +49,16 @@ async def tick(stores: Stores, registry: Registry) -> dict[str, Any]:
         if not held:
             return {"skipped": True, "reason": "another tick holds the lock"}
         pool = await stores.pool()
+        # Before the tick takes its connection: a Lambda pool holds only one.
+        synced = await ScheduleService(JobService(stores, registry)).sync(registry)
         async with pool.acquire() as conn:
             store = JobStore(conn)
             lifecycle = Lifecycle(store, stores.queue)
+            fired = await fire_schedules(
+                lifecycle, lookahead_seconds=settings.schedule_lookahead_seconds,
+                grace_seconds=settings.schedule_misfire_grace_seconds,
+                max_runs=settings.schedule_max_runs_per_tick, batch=settings.schedule_batch)
+            await lock.extend([LOCK_NAME], token, ttl)
             promoted = await promote(lifecycle, settings.schedule_lookahead_seconds)
             await lock.extend([LOCK_NAME], token, ttl)
             recovered = Recovered()
@@ -62,11 +74,15 @@ async def tick(stores: Stores, registry: Registry) -> dict[str, Any]:
             deleted = await delete_expired(store, settings, registry)
             folded = await store.fold_counts()
             depth = {name: await stores.queue(name).depth() for name in names}
+            await set_next_fire_gauges(ScheduleStore(conn))
             # Inside the lock: one publisher at a time (see functions/scheduler/publish.py).
             published = await publish(stores, store, registry.names(), recovered, depth)
     finally:
         await lock.release([LOCK_NAME], token)
-    return {"skipped": False, **asdict(promoted), "recovered": recovered.requeued,
+    return {"skipped": False, "schedules_fired": fired.schedules,
+            "schedule_runs": fired.enqueued, "schedule_runs_missed": fired.skipped_misfire,
+            "schedules_synced": len(synced.created) + len(synced.updated),
+            **asdict(promoted), "recovered": recovered.requeued,
             "dead_lettered": recovered.dead_lettered, "cancelled": recovered.cancelled,
             **asdict(reconciled), "deleted": deleted.by_status, "counts_folded": folded,
             "depth": depth, "metrics_published": published}

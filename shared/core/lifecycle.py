@@ -8,6 +8,10 @@
                                     └── release (shutdown, attempt refunded), recover (lease lost)
     cancel: PENDING, QUEUED, RETRYING -> CANCELLED at once; PROCESSING: flagged, the worker
             told, and the attempt's outcome becomes CANCELLED whatever it was
+    fire:   a recurring schedule's due fire times -> new jobs (QUEUED, due at their fire
+            time), and its watermark moved, in one transaction
+    start of a schedule run that skips overlaps, while an earlier run is PROCESSING:
+            -> CANCELLED at once ("skipped"), its handler never called
 
 Each rule is written once:
 
@@ -36,10 +40,13 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
+from shared.core import schedules as cron
 from shared.core.status import Status
+from shared.observability import metrics
 from shared.observability.logs import get_logger
 from shared.queue.redis_queue import Placement, RedisQueue, epoch_ms, ready_score, wall_ms
 from shared.store.jobs import JobStore, NewJob, Row
+from shared.store.schedules import ScheduleStore, label
 
 log = get_logger("lifecycle")
 
@@ -156,6 +163,16 @@ class Settled:
 
 
 @dataclass
+class Fired:
+    """What one fire made for one schedule."""
+
+    schedule: str
+    enqueued: int = 0
+    skipped_misfire: int = 0
+    next_fire_at: datetime | None = None
+
+
+@dataclass
 class Recovered:
     """What one lease-recovery pass did (River's rescuer result, in our words)."""
 
@@ -208,6 +225,7 @@ class Lifecycle:
         busy = busy or {}
         rows: list[Row] = list(await self.store.claim(
             [c[0] for c in claimed if c[0] not in busy], worker))
+        rows = await self._skip_overlapping(rows)
         started = {str(r["id"]) for r in rows}
         now = wall_ms()
         moves = [Move(job_id, job_type, "delay", score, now + int(busy[job_id] * 1000) + 1)
@@ -219,6 +237,65 @@ class Lifecycle:
             except REDIS_DOWN as exc:  # left in our lease set: recovered when it expires
                 log.warning("could not hand back unstarted jobs", extra={"error": repr(exc)})
         return rows
+
+    async def _skip_overlapping(self, rows: list[Row]) -> list[Row]:
+        """Schedule runs that skip overlaps are decided here, when they would start (not
+        when they were made ahead of time): one whose earlier run is still PROCESSING ends
+        CANCELLED at once, its handler never called. Returns the rows still to run (the
+        skipped ones are handed back in Redis with the other unstarted jobs)."""
+        blocked = await self.store.overlapping(rows)
+        if not blocked:
+            return rows
+        skipped = [r for r in rows if str(r["id"]) in blocked]
+        written = await self.store.settle([Outcome.cancelled(
+            r["id"], r["attempts"],
+            "skipped: the previous run of schedule "
+            f"{blocked[str(r['id'])]} was still running (overlap: skip)") for r in skipped])
+        for r in written:
+            metrics.schedule_runs_worker_total.labels(
+                blocked[str(r["id"])], "skipped_overlap").inc()
+        log.info("schedule runs skipped: previous run still running",
+                 extra={"jobs": sorted(blocked), "schedules": sorted(set(blocked.values()))})
+        return [r for r in rows if str(r["id"]) not in blocked]
+
+    # fire: a schedule's due fire times -> jobs, and its watermark moved, in one transaction
+    async def fire(self, *, now: datetime, horizon: datetime, grace: float, max_runs: int,
+                   limit: int, exclude: Sequence[uuid.UUID] = ()) -> list[tuple[uuid.UUID,
+                                                                                Fired]]:
+        """Make the runs of up to ``limit`` due schedules (at most ``max_runs`` each), then
+        push them. PostgreSQL first: the runs and each schedule's new watermark commit
+        together, so a fire time is never made twice nor skipped, whatever crashes where;
+        the unique key (schedule_id, fire_time) refuses a duplicate even from a pass that
+        read an old watermark. The Redis push comes after the commit (a failed push leaves
+        the runs PENDING for the promote pass, like any enqueue)."""
+        made: list[Row] = []
+        fired: list[tuple[uuid.UUID, Fired]] = []
+        async with self.store.acquire() as conn, conn.transaction():
+            jobs, schedules = JobStore(conn), ScheduleStore(conn)
+            for s in await schedules.lock_due(horizon, limit, exclude):
+                try:
+                    plan = cron.plan(s["cron"], s["timezone"], s["next_fire_at"], now=now,
+                                     horizon=horizon, grace=grace, misfire=s["misfire"],
+                                     end_at=s["end_at"], max_runs=max_runs)
+                except cron.EVALUATION_ERRORS as exc:  # a row written around the API
+                    log.error("schedule cannot be evaluated", extra={
+                        "schedule": label(s["namespace"], s["name"]), "error": str(exc)})
+                    fired.append((s["id"], Fired(label(s["namespace"], s["name"]),
+                                                 next_fire_at=s["next_fire_at"])))
+                    continue
+                runs = [NewJob(job_type=s["job_type"], payload=s["payload"],
+                               priority=s["priority"], max_retries=s["max_retries"],
+                               timeout_seconds=s["timeout_seconds"], queue=s["queue"],
+                               scheduled_at=t, schedule_id=s["id"], fire_time=t,
+                               skip_overlap=s["overlap"] == "skip",
+                               namespace=s["namespace"]) for t in plan.runs]
+                rows = await jobs.insert_runs(runs) if runs else []
+                await schedules.advance(s["id"], s["next_fire_at"], plan.next_fire_at)
+                made.extend(rows)
+                fired.append((s["id"], Fired(label(s["namespace"], s["name"]), len(rows),
+                                             plan.skipped_misfire, plan.next_fire_at)))
+        await self._push(made)
+        return fired
 
     # settle: PROCESSING -> the outcome's state, fenced; then the Redis moves (separately)
     async def settle(self, outcomes: Sequence[Outcome]) -> Settled:

@@ -91,6 +91,24 @@ scheduled_jobs_waiting = Gauge(
     "waiting for the sweep after a failed push.", registry=CLUSTER)
 
 
+# --- recurring schedules ------------------------------------------------------------------
+# The scheduler tick makes runs (enqueued, skipped_misfire: summed, like its other counters);
+# workers skip runs at start (skipped_overlap: their own registry). One name and help text
+# in both, so the Pushgateway merges the families.
+
+SCHEDULE_RUNS_HELP = "Fire times of recurring schedules, by what became of them."
+SCHEDULE_OUTCOMES = ("enqueued", "skipped_overlap", "skipped_misfire")
+schedule_runs_total = Counter("schedule_runs_total", SCHEDULE_RUNS_HELP,
+                              ["schedule", "outcome"], registry=SHARED)
+schedule_runs_worker_total = Counter("schedule_runs_total", SCHEDULE_RUNS_HELP,
+                                     ["schedule", "outcome"], registry=REGISTRY)
+schedule_next_fire_timestamp_seconds = Gauge(
+    "schedule_next_fire_timestamp_seconds",
+    "When each unpaused schedule's next fire time not yet made into a job falls (Unix "
+    "time). Normally ahead of now by up to the look-ahead; in the past: it did not fire.",
+    ["schedule"], registry=CLUSTER)
+
+
 def init_worker_series(job_types: Iterable[str],
                        limited: Iterable[tuple[str, str]] = ()) -> None:
     """Create every labelled series a worker can report, at zero, before its first push.

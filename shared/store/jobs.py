@@ -38,7 +38,8 @@ SUMMARY_COLUMNS = """id, seq, queue, job_type, priority, status, status_reason, 
 
 # Columns a worker needs to run a job (and to hand it back to Redis).
 CLAIM_COLUMNS = """id, seq, queue, job_type, payload, priority, attempts, max_retries,
-    timeout_seconds, cancel_requested, created_at, scheduled_at"""
+    timeout_seconds, cancel_requested, created_at, scheduled_at, schedule_id, fire_time,
+    skip_overlap"""
 
 # Columns Redis needs to place a job (queue, type, ready score, due time).
 PLACE_COLUMNS = "id, queue, job_type, priority, seq, status, run_at"
@@ -55,6 +56,20 @@ INSERT_SQL = """
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, seq, created_at"""
 
+# The runs of recurring schedules: the unique key (schedule_id, fire_time) makes a fire
+# time that another pass already made a no-op, whatever the timing (exactly one job each).
+INSERT_RUNS_SQL = """
+    INSERT INTO jobs (id, queue, job_type, payload, priority, status, scheduled_at, run_at,
+                      max_retries, timeout_seconds, schedule_id, fire_time, skip_overlap,
+                      namespace)
+    SELECT i, q, t, p, pr, st, s, s, mr, ts, sid, ft, so, ns
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::text[],
+                $7::timestamptz[], $8::int[], $9::float8[], $10::uuid[], $11::timestamptz[],
+                $12::bool[], $13::text[])
+         AS u(i, q, t, p, pr, st, s, mr, ts, sid, ft, so, ns)
+    ON CONFLICT (schedule_id, fire_time) WHERE schedule_id IS NOT NULL DO NOTHING
+    RETURNING id, seq, created_at"""
+
 
 def _new_row(job_id: uuid.UUID, job: NewJob, made: asyncpg.Record) -> dict[str, Any]:
     """A just-inserted job as ``SELECT JOB_COLUMNS`` would return it."""
@@ -69,6 +84,27 @@ def _new_row(job_id: uuid.UUID, job: NewJob, made: asyncpg.Record) -> dict[str, 
         "updated_at": made["created_at"], "started_at": None, "finished_at": None,
         "namespace": job.namespace,
     }
+
+
+def _list_filter(status: Status | None, job_type: str | None, before_seq: int | None,
+                 namespace: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause of a list and its arguments ($1, $2, ...).
+
+    Only the filters given go into the clause (each from a fixed fragment, values always as
+    parameters): ``($1 IS NULL OR status = $1)`` would keep PostgreSQL from using the
+    status index.
+    """
+    fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
+                 "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
+    given = {"status": status.value if status else None, "job_type": job_type,
+             "before_seq": before_seq, "namespace": namespace}
+    where: list[str] = []
+    args: list[Any] = []
+    for name, value in given.items():
+        if value is not None:
+            args.append(value)
+            where.append(fragments[name].format(len(args)))
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
 
 
 class _Incomplete(Exception):
@@ -88,6 +124,9 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     namespace: str | None = None  # the tenant; None: created by an unbound caller
+    schedule_id: uuid.UUID | None = None  # a recurring schedule's run, at fire_time
+    fire_time: datetime | None = None
+    skip_overlap: bool = False
 
 
 class JobStore:
@@ -139,6 +178,44 @@ class JobStore:
         return [_new_row(i, job, by_id[i]) for i, job in zip(ids, jobs, strict=True)
                 if i in by_id]
 
+    async def insert_runs(self, jobs: Sequence[NewJob]) -> list[Row]:
+        """Insert schedule runs; those whose (schedule, fire time) exists are skipped."""
+        ids = [uuid.uuid4() for _ in jobs]
+        made = await self.pool.fetch(
+            INSERT_RUNS_SQL, ids, [j.queue for j in jobs], [j.job_type for j in jobs],
+            [j.payload for j in jobs], [j.priority for j in jobs],
+            [j.status.value for j in jobs], [j.scheduled_at for j in jobs],
+            [j.max_retries for j in jobs], [j.timeout_seconds for j in jobs],
+            [j.schedule_id for j in jobs], [j.fire_time for j in jobs],
+            [j.skip_overlap for j in jobs], [j.namespace for j in jobs])
+        by_id = {r["id"]: r for r in made}
+        return [_new_row(i, job, by_id[i]) for i, job in zip(ids, jobs, strict=True)
+                if i in by_id]
+
+    async def overlapping(self, rows: Sequence[Row]) -> dict[str, str]:
+        """Of just-claimed schedule runs that skip overlaps, those an *earlier* run of the
+        same schedule is still running (PROCESSING), with their schedule's name. Only an
+        earlier run counts, so two runs starting together never skip each other."""
+        runs = [r for r in rows if r.get("skip_overlap") and r.get("schedule_id")]
+        if not runs:
+            return {}
+        found = await self.pool.fetch(
+            """
+            SELECT c.id, coalesce(s.namespace || '/', '') || coalesce(s.name, c.schedule_id::text)
+                   AS schedule
+            FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS c(id, schedule_id, ft)
+            LEFT JOIN schedules s ON s.id = c.schedule_id
+            WHERE EXISTS (SELECT 1 FROM jobs j
+                          WHERE j.schedule_id = c.schedule_id AND j.fire_time < c.ft
+                            AND j.status = 'PROCESSING')""",
+            [r["id"] for r in runs], [r["schedule_id"] for r in runs],
+            [r["fire_time"] for r in runs])
+        return {str(r["id"]): r["schedule"] for r in found}
+
+    def acquire(self) -> Any:
+        """One connection (the store's own when it holds one), for a transaction."""
+        return self._acquire()
+
     def _acquire(self) -> Any:
         if isinstance(self.pool, asyncpg.Pool):
             return self.pool.acquire()
@@ -171,23 +248,9 @@ class JobStore:
         limit: int = 50,
         namespace: str | None = None,
     ) -> list[asyncpg.Record]:
-        """Newest first; ``before_seq`` is the keyset cursor (stable under inserts).
-
-        Only the filters given go into the WHERE clause (each from a fixed fragment, values
-        always as parameters): ``($1 IS NULL OR status = $1)`` would keep PostgreSQL from
-        using the status index.
-        """
-        fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
-                     "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
-        given = {"status": status.value if status else None, "job_type": job_type,
-                 "before_seq": before_seq, "namespace": namespace}
-        where, args = [], []
-        for name, value in given.items():
-            if value is not None:
-                args.append(value)
-                where.append(fragments[name].format(len(args)))
+        """Newest first; ``before_seq`` is the keyset cursor (stable under inserts)."""
+        clause, args = _list_filter(status, job_type, before_seq, namespace)
         args.append(limit)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
         return await self.pool.fetch(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ${len(args)}",
             *args)
@@ -203,16 +266,7 @@ class JobStore:
         The size is summed in PostgreSQL so that rows beyond the budget never reach this
         process: 500 jobs of 256 KiB would otherwise be 128 MB in memory for a 1 MB page.
         """
-        fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
-                     "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
-        given = {"status": status.value if status else None, "job_type": job_type,
-                 "before_seq": before_seq, "namespace": namespace}
-        where, args = [], []
-        for name, value in given.items():
-            if value is not None:
-                args.append(value)
-                where.append(fragments[name].format(len(args)))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _list_filter(status, job_type, before_seq, namespace)
         size = ("0" if summary else
                 "octet_length(payload::text) + coalesce(octet_length(result::text), 0)")
         columns = SUMMARY_COLUMNS if summary else JOB_COLUMNS
@@ -256,7 +310,7 @@ class JobStore:
         The totals as of the last fold plus the changes since (``job_count_deltas``, which
         triggers write in the same transaction as each change): a few hundred rows whatever
         the size of the jobs table, per namespace ('' for jobs without one). See
-        migration 0004.
+        migration 0003.
         """
         rows = await self.pool.fetch(
             """

@@ -12,14 +12,14 @@
 - ``jobs_type_seq``: newest-first lists filtered by job type; the status index now also
   covers CANCELLED (a rare state: a filtered list must not scan every completed job).
 
-Revision ID: 0004
+Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-29
 """
 
 from alembic import op
 
-revision = "0004"
+revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
