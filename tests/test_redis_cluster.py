@@ -3,11 +3,13 @@ joined by ``redis-cli --cluster create``), as ElastiCache and Valkey run cluster
 
 Two parts:
 
-- the queue, claim, lease, limit, cancel and FLUSHALL-recovery tests of the single-node
-  suite, imported from their modules and run again here, where ``settings`` points every
-  client (API, in-process and real worker processes, scheduler tick) at the cluster;
+- the queue, claim, lease, limit, cancel, schedule and FLUSHALL-recovery tests of the
+  single-node suite, imported from their modules and run again here, where ``settings``
+  points every client (API, in-process and real worker processes, scheduler tick) at the
+  cluster;
 - what only a cluster has: a queue's keys in one slot, queues on different masters, cancel
-  signals over sharded pub/sub, every master pinged by /health.
+  signals over sharded pub/sub, every master pinged by /health, a slot moved under
+  running workers, an unreachable cluster, the API's connection bound.
 
 One cluster serves the whole session (it starts in about two seconds); every test has its
 own key prefix, and tests that FLUSHALL flush every master, as the suite runs one test at a
@@ -72,6 +74,10 @@ from tests.test_redis_loss import (  # noqa: F401
 )
 from tests.test_scheduler_function import (  # noqa: F401
     test_tick_recovers_the_leases_of_a_dead_worker,
+)
+from tests.test_schedules import (  # noqa: F401
+    test_a_run_starts_within_a_second_of_its_fire_time,
+    test_every_fire_time_has_exactly_one_job_under_racing_ticks_and_two_workers,
 )
 from tests.test_worker_order import (  # noqa: F401
     test_mixed_priorities_run_highest_first_and_fifo_within,
