@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from shared.queue.locks import Redlock
-from shared.queue.redis_queue import RedisQueue, connect
+from shared.queue.redis_queue import RedisClient, RedisQueue, connect
 from shared.settings import Settings
 from shared.store.jobs import JobStore
 from shared.store.pool import create_pool
@@ -27,7 +26,7 @@ class Stores:
         self.settings = settings
         self._redis_limit = (redis_max_connections, redis_pool_timeout)
         self._pool: asyncpg.Pool | None = None
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._queues: dict[str, RedisQueue] = {}
         self._locks: Redlock | None = None
         self._opening = asyncio.Lock()
@@ -43,9 +42,10 @@ class Stores:
         return JobStore(await self.pool())
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> RedisClient:
         if self._redis is None:
-            self._redis = connect(self.settings.redis_url, *self._redis_limit)
+            self._redis = connect(self.settings.redis_url, *self._redis_limit,
+                                  cluster=self.settings.redis_cluster)
         return self._redis
 
     def queue(self, name: str | None = None) -> RedisQueue:

@@ -35,11 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from shared.queue.redis_queue import TypeLimit
+from shared.queue.redis_queue import RedisClient, TypeLimit
 
 if TYPE_CHECKING:
     import asyncpg
-    import redis.asyncio as aioredis
 
     from shared.settings import Settings
 
@@ -80,7 +79,7 @@ class JobContext:
     timeout_seconds: float
     settings: Settings
     db: asyncpg.Pool
-    redis: aioredis.Redis
+    redis: RedisClient  # a RedisCluster under AJS_REDIS_CLUSTER: keep a call's keys in one slot
     logger: Any
     resources: dict[str, Any] = field(default_factory=dict)
 

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AJS_REDIS_URL", "REDIS_URL"),
         description="Redis: queues, leases, locks (rebuilt from PostgreSQL if lost).",
     )
+    redis_cluster: bool = Field(
+        False, description="REDIS_URL is one node of a Redis Cluster (ElastiCache or Valkey "
+        "cluster mode enabled): route by hash slot, cancel signals over sharded pub/sub.")
     redis_prefix: str = Field("ajs", description="Prefix of every Redis key we write.")
     queue: str = Field("default", description="Queue the worker drains and jobs default to.")
     lock_redis_urls: Annotated[list[str], NoDecode] = Field(

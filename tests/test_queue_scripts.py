@@ -160,3 +160,18 @@ async def test_claim_names_the_types_a_limit_held_back(stores):
     second, _ = await queue.claim(10, 30, limits)
     assert second == []
     assert sorted(queue.held) == [("a", "rate"), ("b", "concurrency")]
+
+
+async def test_reconcile_gives_a_ready_job_back_the_type_the_claim_looks_for(stores):
+    """The claim visits only the types in the types set; a set that lost one (a script
+    cut short while a cluster slot moved) must not strand its ready jobs past a tick."""
+    queue = stores.queue()
+    [job] = _placements(1, "a")
+    await queue.push([job])
+    await stores.redis.srem(queue.k_types, "a")
+    assert (await queue.claim(10, 30, TYPES))[0] == []
+    row = {"id": job.job_id, "job_type": "a", "status": "QUEUED", "priority": job.priority,
+           "seq": job.seq, "run_at": None}
+    assert await queue.ensure([row], 30) == (0, 0, 0)  # nothing placed again: it was there
+    claimed, _ = await queue.claim(10, 30, TYPES)
+    assert [c[0] for c in claimed] == [str(job.job_id)]

@@ -2,7 +2,7 @@
 
 - **heartbeat**: extends the leases (and locks) of the attempts the worker holds, picks up
   cancel requests a listener missed, and stops attempts whose lock another worker now holds;
-- **cancel listener**: hears cancel requests at once (Redis pub/sub);
+- **cancel listener**: hears cancel requests at once (Redis pub/sub, sharded on a cluster);
 - **reaper**: recovers the jobs of workers that died (expired leases), every few seconds.
 
 Each is one step run again and again by :func:`supervise`, which survives any store error
@@ -75,12 +75,17 @@ def background(worker: Worker) -> list[asyncio.Task[None]]:
             worker.cancel(job_id)
 
     async def listen_for_cancels() -> None:
-        async with worker.stores.redis.pubsub() as ps:
-            await ps.subscribe(worker.queue.cancel_channel)
+        # Classic pub/sub on one node, sharded pub/sub on a cluster (shared.queue).
+        async with worker.queue.cancel_requests() as feed:
+            # Subscribed (again, after a dropped connection or a moved cluster slot): a
+            # cancel published while we were not is in the cancel set; act on it now
+            # rather than at the next heartbeat.
+            for missed in await worker.queue.cancels_among(list(worker.running)):
+                worker.cancel(missed)
             while not worker.closed:
-                msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg and msg.get("type") == "message":
-                    worker.cancel(str(msg["data"]))
+                job_id = await feed.next(1.0)
+                if job_id is not None:
+                    worker.cancel(job_id)
 
     async def reap() -> None:
         done = await recover(worker.lifecycle, worker.queue, rounds=1)

@@ -13,6 +13,7 @@ from functions.api.deps import Service
 from functions.api.errors import error_response
 from shared.api_schemas import ErrorResponse, Health
 from shared.observability.logs import get_logger
+from shared.queue.redis_queue import ping
 
 log = get_logger("api")
 
@@ -32,7 +33,7 @@ async def health(service: Service) -> Health | JSONResponse:
         await pool.fetchval("SELECT 1", timeout=timeout)
 
     async def redis() -> None:
-        await service.stores.redis.ping()
+        await ping(service.stores.redis)  # every master, on a cluster
 
     async def check(probe: Callable[[], Awaitable[None]]) -> str:
         try:

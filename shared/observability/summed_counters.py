@@ -30,11 +30,11 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from shared.observability import metrics
+from shared.queue.redis_queue import RedisClient, cluster_reachable
 
 PUBLISHED = "published:"  # marks a field the publisher has pushed (see read())
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
@@ -72,7 +72,7 @@ class Increments:
         self._busy = False
         self._again = False
 
-    async def flush(self, redis: aioredis.Redis, hash_key: str) -> int:
+    async def flush(self, redis: RedisClient, hash_key: str) -> int:
         """Add what changed since the last flush; returns the number of fields written.
 
         Concurrent requests in one process (uvicorn) do not queue up behind each other: a
@@ -92,10 +92,12 @@ class Increments:
                 delta = {f: v - self._added.get(f, 0.0) for f, v in now.items()
                          if f not in self._added or v != self._added[f]}
                 if delta:
-                    async with redis.pipeline(transaction=True) as pipe:
-                        for field, amount in delta.items():
-                            pipe.hincrbyfloat(hash_key, field, amount)
-                        await pipe.execute()
+                    # One hash, so one slot: MULTI/EXEC works on a Redis Cluster too.
+                    with cluster_reachable():
+                        async with redis.pipeline(transaction=True) as pipe:
+                            for field, amount in delta.items():
+                                pipe.hincrbyfloat(hash_key, field, amount)
+                            await pipe.execute()
                     self._added.update((f, now[f]) for f in delta)
                     written += len(delta)
                 if not self._again:
@@ -112,7 +114,7 @@ class Increments:
 THIS_PROCESS = Increments()
 
 
-async def read(redis: aioredis.Redis, hash_key: str,
+async def read(redis: RedisClient, hash_key: str,
                registry: CollectorRegistry = metrics.SHARED) -> list[Metric]:
     """The sums as metric families, ready to push (by the one publisher only).
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from shared.queue.redis_queue import connect
+from shared.queue.redis_queue import RedisClient, connect
 
 _SCRIPT = (Path(__file__).with_name("lua") / "lock.lua").read_text()
 CLOCK_DRIFT_FACTOR = 0.01
 
 
 class Redlock:
-    def __init__(self, clients: Sequence[aioredis.Redis], prefix: str) -> None:
+    def __init__(self, clients: Sequence[RedisClient], prefix: str) -> None:
         self.clients = list(clients)
         self.scripts = [c.register_script(_SCRIPT) for c in self.clients]
         self.quorum = len(self.clients) // 2 + 1

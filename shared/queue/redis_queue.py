@@ -14,20 +14,35 @@ touches a single Redis Cluster slot):
 
 Every multi-key step is one Lua script (``shared/queue/lua``). Scripts read Redis's own clock, so
 all workers agree on "now".
+
+On a Redis Cluster (``AJS_REDIS_CLUSTER``) the hash tag puts a whole queue in one slot, so
+every script runs on the one master that owns it (redis-py routes a script by its first
+key), and different queues spread over slots and masters. Scripts also build keys from
+``base`` (``ready:<type>``, ``running:<type>``, ``rate:<type>``, ``lock:<id>``): they carry
+the same tag, so they are in the script's slot, which Redis requires of every key a script
+touches. Cancel signals use sharded pub/sub there (see :class:`CancelSubscription`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, SlotNotCoveredError
+from redis.typing import EncodableT
 
 if TYPE_CHECKING:
     from shared.core.lifecycle import Move
@@ -82,9 +97,74 @@ class TypeLimit:
     per_ms: int = 1000
 
 
-def connect(url: str, max_connections: int | None = None,
-            pool_timeout: float = 5.0) -> aioredis.Redis:
-    # hiredis parses replies when installed (it is a dependency).
+# A single node or a cluster: the commands we use exist on both, routed by key on a cluster.
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+
+
+@contextlib.contextmanager
+def cluster_reachable() -> Iterator[None]:
+    """A cluster that cannot be reached raises what a single node raises: ConnectionError.
+
+    redis-py's cluster client says "no node answers" (or "a slot has no master", during a
+    failover) with RedisClusterException, which is not a RedisError, so every ``except
+    RedisError`` that keeps a loop alive or turns an outage into a 503 would miss it.
+    Its other uses (a command whose keys span slots) are bugs and pass unchanged.
+    """
+    try:
+        yield
+    except RedisClusterException as exc:
+        if isinstance(exc, SlotNotCoveredError) or isinstance(
+                exc.__cause__, RedisConnectionError | OSError) or "not covered" in str(exc):
+            raise RedisConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+        raise
+
+
+class Cluster(RedisCluster):
+    """redis-py's asyncio RedisCluster, with :func:`cluster_reachable`'s errors, and
+    optionally a bound on the commands in flight (see :meth:`bound`)."""
+
+    gate: asyncio.Semaphore | None = None
+    gate_timeout: float = 5.0
+
+    def bound(self, max_connections: int, pool_timeout: float) -> Cluster:
+        """At most ``max_connections`` commands at once, so at most that many connections
+        to each node; a command beyond waits up to ``pool_timeout`` s for its turn, then
+        raises ConnectionError: what BlockingConnectionPool does on one node. (The
+        cluster client's own per-node limit does not wait: it fails at once.)"""
+        self.gate = asyncio.Semaphore(max_connections)
+        self.gate_timeout = pool_timeout
+        return self
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        with cluster_reachable():
+            return await super().initialize(*args, **kwargs)
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        with cluster_reachable():
+            if self.gate is None:
+                return await super().execute_command(*args, **kwargs)
+            try:
+                async with asyncio.timeout(self.gate_timeout):
+                    await self.gate.acquire()
+            except TimeoutError:
+                raise RedisConnectionError(
+                    f"no free Redis connection within {self.gate_timeout} s") from None
+            try:
+                return await super().execute_command(*args, **kwargs)
+            finally:
+                self.gate.release()
+
+
+def connect(url: str, max_connections: int | None = None, pool_timeout: float = 5.0,
+            *, cluster: bool = False) -> RedisClient:
+    """``cluster``: ``url`` is any one node of a Redis Cluster; the client learns the slot
+    map from it and follows MOVED/ASK redirections. hiredis parses replies when installed
+    (it is a dependency)."""
+    if cluster:
+        client = cast(Cluster, Cluster.from_url(  # from_url builds a cls
+            url, decode_responses=True, health_check_interval=30))
+        return client if max_connections is None else client.bound(max_connections,
+                                                                    pool_timeout)
     if max_connections is None:
         return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
     # Bounded: a burst of requests waits up to pool_timeout for a free connection instead
@@ -95,9 +175,19 @@ def connect(url: str, max_connections: int | None = None,
     return aioredis.Redis.from_pool(pool)
 
 
+async def ping(client: RedisClient) -> None:
+    """Every master must answer: on a cluster a master that is down leaves its slots, and
+    the queues in them, unserved, although the other nodes still answer."""
+    if isinstance(client, RedisCluster):
+        await client.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await client.ping()
+
+
 class RedisQueue:
-    def __init__(self, client: aioredis.Redis, prefix: str, queue: str = "default") -> None:
+    def __init__(self, client: RedisClient, prefix: str, queue: str = "default") -> None:
         self.redis = client
+        self.sharded = isinstance(client, RedisCluster)  # sharded pub/sub for cancels
         self.queue = queue
         self.base = f"{{{prefix}:{queue}}}"
         b = self.base
@@ -136,10 +226,30 @@ class RedisQueue:
     async def request_cancel(self, job_id: uuid.UUID | str) -> None:
         """Tell whichever worker runs the job; the set covers a worker that missed the
         message (its next heartbeat sees it)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self.k_cancel, str(job_id))
-            pipe.publish(self.cancel_channel, str(job_id))
-            await pipe.execute()
+        with cluster_reachable():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(self.k_cancel, str(job_id))
+                if self.sharded:
+                    pipe.spublish(self.cancel_channel, str(job_id))
+                else:
+                    pipe.publish(self.cancel_channel, str(job_id))
+                await pipe.execute()
+
+    async def cancels_among(self, job_ids: Sequence[str]) -> list[str]:
+        """Which of these jobs have a cancel request waiting. (SISMEMBER each, in one
+        round trip: SMISMEMBER would need Redis 6.2.)"""
+        if not job_ids:
+            return []
+        with cluster_reachable():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.sismember(self.k_cancel, job_id)
+                found = await pipe.execute()
+        return [j for j, hit in zip(job_ids, found, strict=True) if hit]
+
+    def cancel_requests(self) -> CancelSubscription:
+        """``async with queue.cancel_requests() as feed: job_id = await feed.next(1.0)``"""
+        return CancelSubscription(self)
 
     # --- worker side --------------------------------------------------------------------------
 
@@ -227,8 +337,74 @@ class RedisQueue:
         }
 
     async def now_ms(self) -> int:
-        sec, usec = await self.redis.time()
-        return int(sec) * 1000 + int(usec) // 1000
+        """The clock the queue's scripts read: on a cluster, that of the master owning the
+        queue's slot (a plain TIME would ask whichever node the client picks)."""
+        return int(await self._run("now", [self.k_lease], []))
+
+
+class CancelSubscription:
+    """Cancel requests as they are published, for the worker's listener.
+
+    One node: classic SUBSCRIBE. A cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH) on the
+    channel ``{prefix:queue}:cancel``, which has the queue's hash tag, so the message stays
+    on the shard that owns the queue instead of being broadcast over the whole cluster bus
+    as a classic PUBLISH is. When the slot moves (resharding, failover) the server drops the
+    subscription with an ``sunsubscribe``: :meth:`next` raises then, and the listener
+    subscribes again; the cancel set covers what was published meanwhile (the listener
+    reads it as it subscribes, and so does every heartbeat).
+    """
+
+    def __init__(self, queue: RedisQueue) -> None:
+        self.queue = queue
+        self._ps: PubSub | None = None
+
+    async def __aenter__(self) -> CancelSubscription:
+        redis = self.queue.redis
+        if isinstance(redis, RedisCluster):
+            # SSUBSCRIBE picks its node from the client's slot map, which redis-py updates
+            # on a MOVED reply to a keyed command but not to SSUBSCRIBE: a stale map (the
+            # slot just moved, which is why we are subscribing again) would send it to
+            # the old master again and again. One keyed command of the queue's slot
+            # brings the map up to date first (and fetches it, for a fresh client).
+            await redis.exists(self.queue.k_cancel)
+        ps = redis.pubsub()
+        self._ps = ps
+        try:
+            with cluster_reachable():
+                if isinstance(ps, ClusterPubSub):
+                    await ps.ssubscribe(self.queue.cancel_channel)
+                else:
+                    await ps.subscribe(self.queue.cancel_channel)
+        except BaseException:
+            self._ps = None
+            await ps.aclose()  # type: ignore[no-untyped-call]
+            raise
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._ps is not None:
+            ps, self._ps = self._ps, None
+            await ps.aclose()  # type: ignore[no-untyped-call]
+
+    async def next(self, seconds: float) -> str | None:
+        """The next job id whose cancel was requested, or None after ``seconds``."""
+        ps = self._ps
+        if ps is None:
+            raise RuntimeError("not subscribed: use `async with`")
+        if isinstance(ps, ClusterPubSub):
+            with cluster_reachable():
+                msg = await ps.get_sharded_message(timeout=seconds)
+        else:
+            msg = await ps.get_message(timeout=seconds)
+        if msg is None:
+            return None
+        kind = msg.get("type")
+        if kind in ("message", "smessage"):
+            return str(msg["data"])
+        if kind in ("unsubscribe", "sunsubscribe"):
+            raise RedisConnectionError(f"cancel subscription dropped by the server ({kind})")
+        return None  # our own (s)subscribe confirmation
 
 
 def wall_ms() -> int:

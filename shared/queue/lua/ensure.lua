@@ -1,6 +1,7 @@
 -- Reconcile: make sure every job PostgreSQL holds as active is somewhere in Redis.
 -- Waiting jobs missing from every structure are placed again; running jobs missing a
--- lease get a fresh one (their worker's heartbeat keeps it, or it expires and is reaped).
+-- lease get a fresh one (their worker's heartbeat keeps it, or it expires and is reaped);
+-- a ready job's type is put back in the types set.
 -- KEYS: types, delayed, delayed_meta, lease, reaped
 -- ARGV: base, lease_ms, then (id, type, status, ready_score, due_ms) per job
 -- Returns: {placed_ready, placed_delayed, leases_restored}
@@ -18,8 +19,12 @@ for i = 3, #ARGV, 5 do
       redis.call('ZADD', KEYS[4], now + lease_ms, id)
       lease_n = lease_n + 1
     end
-  elseif not leased and not redis.call('ZSCORE', ready, id)
-      and not redis.call('ZSCORE', KEYS[2], id) then
+  elseif not leased and redis.call('ZSCORE', ready, id) then
+    -- Ready, but the claim only visits types named in the types set: a set that lost the
+    -- type (a script that failed half way, say, while a cluster slot was being moved)
+    -- would strand the job.
+    redis.call('SADD', KEYS[1], jtype)
+  elseif not leased and not redis.call('ZSCORE', KEYS[2], id) then
     if due > now then
       redis.call('ZADD', KEYS[2], due, id)
       redis.call('HSET', KEYS[3], id, jtype .. '|' .. score)
