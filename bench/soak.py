@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 import subprocess
@@ -51,6 +52,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"), "ajs_bench"))
     ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
                                                           "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--private-postgres", action="store_true",
+                    help="a throwaway PostgreSQL with its default settings (autovacuum on, "
+                    "as on RDS) instead of --database-url")
     ap.add_argument("--append", help="append the report to this markdown file")
     return ap.parse_args(argv)
 
@@ -159,7 +163,17 @@ def report(a: argparse.Namespace, samples: list[tuple[float, dict[str, Any]]],
 
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
-    text = asyncio.run(run(a))
+    server = None
+    if a.private_postgres:
+        # The tests' throwaway server (imported by name: bench does not type-check tests).
+        servers = importlib.import_module("tests.support.servers")
+        server = servers.PostgresServer(fsync=True)
+        a.database_url = server.url
+    try:
+        text = asyncio.run(run(a))
+    finally:
+        if server is not None:
+            server.remove()
     print(text)
     if a.append:
         with open(a.append, "a") as f:

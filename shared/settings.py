@@ -159,11 +159,17 @@ class Settings(BaseSettings):
         86400, ge=0, description="A job created with an Idempotency-Key outlives its "
         "retention until this long after its creation, so a retry still finds it.")
     retention_batch_size: int = Field(
-        1000, ge=1, le=100_000, description="Jobs one retention statement deletes (one "
+        500, ge=1, le=100_000, description="Jobs one retention statement deletes (one "
         "short transaction each).")
     retention_max_per_tick: int = Field(
         100_000, ge=0, description="Most jobs one scheduler tick deletes; a backlog takes "
         "several ticks.")
+    retention_max_share: float = Field(
+        0.02, gt=0, le=1, description="Share of the time retention may spend deleting: it "
+        "pauses after each statement so that enqueues and claims rarely wait behind one.")
+    retention_max_seconds: float = Field(
+        20.0, gt=0, description="Longest a tick spends on retention (the Lambda tick has "
+        "55 s).")
     scheduler_tick_seconds: float = Field(
         60.0, gt=0, description="How often the scheduler function runs (EventBridge: 60). "
         "Its lock lives twice this, so a tick whose process died blocks the next one at most "

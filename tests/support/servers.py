@@ -74,11 +74,12 @@ class PostgresServer:
     """A throwaway PostgreSQL cluster (Debian's binaries) on a free loopback port, for tests
     that stop, restart or hold the server in a state the shared one must never be in.
 
-    Runs as the ``postgres`` user when started as root (initdb refuses root), with fsync off:
-    these tests are about availability, not durability.
+    Runs as the ``postgres`` user when started as root (initdb refuses root), with fsync off
+    unless asked (these tests are about availability, not durability) and otherwise
+    PostgreSQL's defaults (autovacuum on).
     """
 
-    def __init__(self, *, standby: bool = False) -> None:
+    def __init__(self, *, standby: bool = False, fsync: bool = False) -> None:
         import glob
         import os
 
@@ -89,6 +90,7 @@ class PostgresServer:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="ajs-pg-")
         self.data = os.path.join(self.dir, "data")
+        self.fsync = fsync
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
@@ -112,7 +114,8 @@ class PostgresServer:
         subprocess.run([*self._as, f"{self.bin}/pg_ctl", "-D", self.data, "-l",
                         f"{self.dir}/log", "-w", "-t", "30", "-o",
                         f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                        "-c fsync=off", "start"], check=True, stdout=subprocess.DEVNULL)
+                        f"-c fsync={'on' if self.fsync else 'off'}", "start"],
+                       check=True, stdout=subprocess.DEVNULL)
 
     def stop(self, mode: str = "fast") -> None:
         subprocess.run([*self._as, f"{self.bin}/pg_ctl", "-D", self.data, "-m", mode, "-w",
