@@ -21,6 +21,21 @@ MIN_TIMEOUT_SECONDS = 1.0
 MAX_PAYLOAD_DEPTH = 64  # levels of nested objects and arrays (checked by the service)
 
 
+def in_window(value: datetime | None, latest: datetime, latest_name: str = "") -> datetime | None:
+    """``value`` in UTC if it lies between 1970 and ``latest``, else a ValueError that says
+    the window (pydantic turns it into a 422 naming the field)."""
+    if value is None:
+        return None
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 falls before year 1 in UTC
+        raise ValueError("date is out of range once converted to UTC") from None
+    if not EPOCH <= value <= latest:
+        until = f"{latest_name} ({latest.isoformat()})" if latest_name else latest.isoformat()
+        raise ValueError(f"must be between {EPOCH.isoformat()} and {until}")
+    return value
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "job_type": "email",
@@ -59,18 +74,9 @@ class JobCreate(BaseModel):
     def _in_range(cls, value: datetime | None) -> datetime | None:
         """Year 1 would be stored as -infinity and 9999-12-31 as infinity, which nothing
         downstream can compute with: bound it at the door."""
-        if value is None:
-            return None
-        try:
-            value = value.astimezone(UTC)
-        except OverflowError:
-            raise ValueError("date is out of range once converted to UTC") from None
         latest = datetime.now(UTC).replace(microsecond=0)
         latest = latest.replace(year=latest.year + SCHEDULE_YEARS_AHEAD, day=min(latest.day, 28))
-        if not EPOCH <= value <= latest:
-            raise ValueError(f"must be between {EPOCH.isoformat()} and {SCHEDULE_YEARS_AHEAD} "
-                             f"years from now ({latest.isoformat()})")
-        return value
+        return in_window(value, latest, f"{SCHEDULE_YEARS_AHEAD} years from now")
 
 
 class JobBatchCreate(BaseModel):

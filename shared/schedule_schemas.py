@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from shared.api_schemas import EPOCH, MIN_TIMEOUT_SECONDS, NAME_PATTERN
+from shared.api_schemas import MIN_TIMEOUT_SECONDS, NAME_PATTERN, in_window
 from shared.core.schedules import MAX_CRON_LENGTH, CronError, check_cron, zone
 from shared.core.status import Status
 
@@ -35,15 +35,7 @@ def _zone(value: str | None) -> str | None:
 
 
 def _date(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        value = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("date is out of range once converted to UTC") from None
-    if not EPOCH <= value <= LATEST:
-        raise ValueError(f"must be between {EPOCH.isoformat()} and {LATEST.isoformat()}")
-    return value
+    return in_window(value, LATEST)
 
 
 def _after_start(value: datetime | None, info: ValidationInfo) -> datetime | None:
