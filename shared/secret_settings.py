@@ -1,9 +1,12 @@
-"""Database and Redis URLs read from Secrets Manager and SSM, once, at cold start.
+"""Database and Redis URLs, and the payload key, read from Secrets Manager and SSM, once,
+at cold start.
 
 Why not environment variables: a Lambda function's environment is shown to anyone who may
 read its configuration and is written into the CloudFormation template, so the template
 names only *where* the URLs live (``AJS_DATABASE_URL_SECRET_ARN``,
-``AJS_REDIS_URL_PARAMETER``) and each process reads them with its own role when it starts.
+``AJS_REDIS_URL_PARAMETER``; the key sealing webhook credentials:
+``AJS_PAYLOAD_KEY_SECRET_ARN``) and each process reads them with its own role when it
+starts.
 A rotated secret reaches new containers; warm ones keep their open connections, which is
 why RDS Proxy (which follows the rotation itself) is the recommended front for Lambda.
 
@@ -40,6 +43,9 @@ def resolve_secrets(settings: Settings) -> Settings:
         parameter = _ssm_client(settings).get_parameter(
             Name=settings.redis_url_parameter, WithDecryption=True)["Parameter"]
         updates["redis_url"] = parameter["Value"].strip()
+    if settings.payload_key_secret_arn:
+        updates["payload_key"] = _secrets_client(settings).get_secret_value(
+            SecretId=settings.payload_key_secret_arn)["SecretString"].strip()
     return settings.model_copy(update=updates) if updates else settings
 
 

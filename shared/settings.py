@@ -196,6 +196,9 @@ class Settings(BaseSettings):
         "RDS's JSON {username, password, host, port, dbname} completed from DATABASE_URL.")
     redis_url_parameter: str = Field(
         "", description="SSM parameter (SecureString) holding the Redis URL.")
+    payload_key_secret_arn: str = Field(
+        "", description="Secrets Manager secret (ARN or name) holding AJS_PAYLOAD_KEY (the "
+        "Fernet key(s) sealing webhook credentials), read at start.")
     # --- end deployment -------------------------------------------------------------------
 
     # --- job types ------------------------------------------------------------------------

@@ -55,6 +55,20 @@ async def test_urls_come_from_the_secret_and_the_parameter(aws_env: LocalStack) 
     assert resolved.lock_urls == [REDIS_URL]  # the Redlock follows the resolved Redis
 
 
+async def test_payload_key_comes_from_its_secret(aws_env: LocalStack) -> None:
+    """The key sealing webhook credentials lives in Secrets Manager, like the URLs."""
+    from cryptography.fernet import Fernet
+
+    key = Fernet.generate_key().decode()
+    arn = await asyncio.to_thread(lambda: aws_env.client("secretsmanager").create_secret(
+        Name="ajs/test/" + secrets.token_hex(4) + "/payload-key",
+        SecretString=f"{key}\n")["ARN"])
+    resolved = await asyncio.to_thread(resolve_secrets, Settings(
+        **NOWHERE, payload_key_secret_arn=arn, **aws_env.settings()))
+    assert resolved.payload_key == key
+    assert resolved.database_url == NOWHERE["database_url"]  # nothing else was named
+
+
 async def test_rds_json_secret_completes_the_proxy_url(aws_env: LocalStack) -> None:
     """RDS's managed master secret holds only a user and a password: the host and database
     come from AJS_DATABASE_URL (here an RDS Proxy endpoint), and odd characters in the
