@@ -10,11 +10,13 @@ that names the reason. The worker never sees a Pillow exception.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import math
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -105,16 +107,10 @@ def _transform(source: IO[bytes], payload: ImagePayload, ctx: JobContext, trim: 
 
 def probe(data: IO[bytes], max_pixels: int) -> tuple[int, int]:
     """The image's size from its header (no pixel is decoded), refusing bombs."""
-    try:
+    with _untrusted():
         img = Image.open(data)
         _refuse_bomb(img.size, max_pixels)
         return img.size
-    except PermanentError:
-        raise
-    except Exception as exc:
-        if (failure := _failure(exc)) is exc:
-            raise
-        raise failure from exc
 
 
 def _refuse_bomb(size: tuple[int, int], max_pixels: int) -> None:
@@ -154,6 +150,19 @@ def estimate(size: tuple[int, int], operations: list[Operation]) -> int:
     return BYTES_PER_PIXEL * max(pairs)
 
 
+@contextlib.contextmanager
+def _untrusted() -> Iterator[None]:
+    """Reading untrusted bytes: Pillow's failures become a PermanentError saying why."""
+    try:
+        yield
+    except PermanentError:
+        raise
+    except Exception as exc:
+        if (failure := _failure(exc)) is exc:
+            raise
+        raise failure from exc
+
+
 def _failure(exc: Exception) -> Exception:
     """Pillow's failure on untrusted bytes as a PermanentError that says why (other errors
     are returned as they are)."""
@@ -170,19 +179,13 @@ def _failure(exc: Exception) -> Exception:
 
 def decode(data: bytes | IO[bytes], max_pixels: int) -> Image.Image:
     """Decode untrusted bytes, refusing bombs and damaged files with a clear reason."""
-    try:
+    with _untrusted():
         img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
         _refuse_bomb(img.size, max_pixels)
         img.load()
         # in place: without it, an image that needs no turning is copied whole
         ImageOps.exif_transpose(img, in_place=True)
         return img
-    except PermanentError:
-        raise
-    except Exception as exc:
-        if (failure := _failure(exc)) is exc:
-            raise
-        raise failure from exc
 
 
 def _resize_size(op: Any, w: int, h: int) -> tuple[int, int]:
