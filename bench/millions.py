@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from bench.api_server import ApiServer
+from bench.report import publish
 from bench.testbed import Target, ensure_database, fill_bytecode_cache, migrate, with_database
 from bench.workloads import Bench, Plan, pct, spec
 from functions.api.deps import encode_cursor
@@ -253,10 +254,7 @@ def report(args: argparse.Namespace, empty: dict[str, Any], full: dict[str, Any]
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     text = asyncio.run(run(args))
-    print(text)
-    if args.append:
-        with open(args.append, "a") as f:
-            f.write("\n" + text)
+    publish(text, args.append)
 
 
 if __name__ == "__main__":

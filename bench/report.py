@@ -120,3 +120,11 @@ def render(r: dict[str, Any], header: list[str], version: str) -> str:
            "Redis commands per job, by command (inside Lua scripts included):", "",
            *redis_breakdown(r)]
     return "\n".join(out)
+
+
+def publish(text: str, append: str | None) -> None:
+    """Print a run's markdown section, and append it to ``append`` when given."""
+    print(text)
+    if append:
+        with open(append, "a") as f:
+            f.write("\n" + text)

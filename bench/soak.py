@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench.jobs import NOOP
+from bench.report import publish
 from bench.testbed import ROOT, Target, ensure_database, migrate, with_database
 from bench.workloads import spec
 from functions.scheduler.tick import tick
@@ -174,10 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if server is not None:
             server.remove()
-    print(text)
-    if a.append:
-        with open(a.append, "a") as f:
-            f.write("\n" + text)
+    publish(text, a.append)
 
 
 if __name__ == "__main__":
