@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from functions.api import (
     auth,
+    console,
     dead_letters,
     docs_pages,
     errors,
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     errors.install(app)
     docs_pages.install(app, prefix)
     routers = (jobs.router, dead_letters.router, health.router, job_types.router,
-               schedules.router)
+               schedules.router, console.pages_router, console.fragments_router)
     for router in routers:
         app.include_router(router, prefix=prefix)
     auth.install(app, settings, stores, routers)  # refuses a route that declares no scope

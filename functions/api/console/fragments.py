@@ -1,0 +1,152 @@
+"""The console's data: HTML fragments rendered from the same service and stores as the
+JSON API, under the same rules: each route declares its scope, a caller bound to a
+namespace sees only its own jobs, and a payload is shown as its job type redacts it
+(``registry.redacted``, then the API's own models), never as stored.
+
+The console's script fetches a fragment with the user's credential and swaps it into
+the page; a fragment that holds ``data-final`` tells it to stop refreshing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+
+from functions.api.auth import READ, Caller, Scope
+from functions.api.console.rendering import render
+from functions.api.deps import JobTypeFilter, Service, decode_cursor, encode_cursor
+from functions.api.listing import Cursor
+from functions.api.schedules import Schedules
+from shared.api_schemas import JobOut, JobSummary, Transition
+from shared.core.status import CANCELLABLE, TERMINAL, Status
+from shared.schedule_schemas import ScheduleOut
+
+router = APIRouter(prefix="/console/fragments", include_in_schema=False)
+
+PAGE_SIZE = 50
+DEAD_PAGE_SIZE = 200  # dead letters are grouped from one page of the newest
+SCHEDULE_PAGE_SIZE = 100
+SCHEDULE_RUNS_SHOWN = 3
+
+
+def _fragment(template: str, **context: Any) -> HTMLResponse:
+    response = render(f"fragments/{template}.html", **context)
+    response.headers["Cache-Control"] = "no-store"  # data, per caller
+    return response
+
+
+@router.get("/whoami", dependencies=[Scope(READ)])
+async def whoami(caller: Caller) -> HTMLResponse:
+    """Who the pasted credential is: the header shows it, and the script names its
+    scopes when an action is refused for lack of one."""
+    return _fragment("whoami", caller=caller, scopes=sorted(caller.scopes))
+
+
+@router.get("/overview", dependencies=[Scope(READ)])
+async def overview(service: Service, caller: Caller) -> HTMLResponse:
+    data = await service.stats(caller.namespace)
+    by_status: dict[str, int] = data["by_status"]
+    done = by_status[Status.COMPLETED] + by_status[Status.FAILED]
+    return _fragment(
+        "overview", statuses=[s.value for s in Status], by_status=by_status,
+        by_type=dict(sorted(data["by_type"].items())), queues=data["queues"],
+        success_rate=(by_status[Status.COMPLETED] / done) if done else None,
+        retries=data["retries"], namespace=caller.namespace,
+        now=datetime.now(UTC))
+
+
+@router.get("/jobs", dependencies=[Scope(READ)])
+async def jobs(
+    service: Service,
+    caller: Caller,
+    request: Request,
+    status: Annotated[Status | None, Query()] = None,
+    job_type: JobTypeFilter = None,
+    job_id: Annotated[str | None, Query(alias="id", max_length=64)] = None,
+    cursor: Cursor = None,
+) -> HTMLResponse:
+    """A page of jobs, newest first (without payloads); ``id`` finds one job."""
+    rows: list[Any] = []
+    more = False
+    problem = None
+    wanted = (job_id or "").strip()
+    if wanted:
+        try:
+            found = uuid.UUID(wanted)
+        except ValueError:
+            problem = f"{wanted!r} is not a job id (a UUID)"
+        else:
+            row = await (await service.stores.store()).get(found, caller.namespace)
+            rows = [row] if row is not None else []
+    else:
+        store = await service.stores.store()
+        rows, more = await store.list_page(
+            status=status, job_type=job_type, before_seq=decode_cursor(cursor),
+            limit=PAGE_SIZE, max_bytes=service.settings.api_page_max_bytes, summary=True,
+            namespace=caller.namespace)
+    items = [JobSummary.of(service.registry.redacted(r)) for r in rows]
+    # The pager's links keep the filters: the shell passes its query on to the fragment.
+    query = {k: v for k, v in request.query_params.items() if k != "cursor"}
+    next_query = ({**query, "cursor": encode_cursor(rows[-1]["seq"])}
+                  if more and rows else None)
+    return _fragment("jobs", items=items, next_query=next_query, problem=problem,
+                     first_query=query if cursor else None,
+                     cancellable={s.value for s in CANCELLABLE} | {Status.PROCESSING.value},
+                     now=datetime.now(UTC))
+
+
+@router.get("/jobs/{job_id}", dependencies=[Scope(READ)])
+async def job(job_id: uuid.UUID, service: Service, caller: Caller) -> HTMLResponse:
+    row = await service.get(job_id, caller.namespace)  # 404: unknown, or another tenant's
+    job = JobOut.of(service.registry.redacted(row))
+    history = [Transition.model_validate(dict(h)) for h in await service.history(job_id)]
+    now = datetime.now(UTC)
+    final = job.status in TERMINAL
+    steps = []
+    for i, step in enumerate(history):
+        # How long the job stayed in the state this step entered.
+        until = history[i + 1].at if i + 1 < len(history) else (None if final else now)
+        steps.append({"step": step, "lasted": None if until is None else until - step.at,
+                      "current": i + 1 == len(history) and not final})
+    return _fragment("job", job=job, steps=steps, final=final, now=now,
+                     cancellable=job.status in CANCELLABLE or (
+                         job.status is Status.PROCESSING and not job.cancel_requested))
+
+
+@router.get("/dead-letters", dependencies=[Scope(READ)])
+async def dead_letters(service: Service, caller: Caller,
+                       job_type: JobTypeFilter = None) -> HTMLResponse:
+    """The newest dead jobs, grouped by type and error."""
+    store = await service.stores.store()
+    rows, more = await store.list_page(
+        status=Status.FAILED, job_type=job_type, limit=DEAD_PAGE_SIZE,
+        max_bytes=service.settings.api_page_max_bytes, summary=True,
+        namespace=caller.namespace)
+    groups: dict[tuple[str, str], list[JobSummary]] = defaultdict(list)
+    for r in rows:
+        job = JobSummary.of(service.registry.redacted(r))
+        groups[(job.job_type, job.last_error or "(no error recorded)")].append(job)
+    data = await service.stats(caller.namespace)
+    dead_by_type = {t: counts.get(Status.FAILED, 0) for t, counts in data["by_type"].items()
+                    if counts.get(Status.FAILED, 0)}
+    return _fragment("dead-letters", groups=sorted(groups.items()), more=more, shown=len(rows),
+                     dead_by_type=dict(sorted(dead_by_type.items())),
+                     now=datetime.now(UTC), admin=caller.may("admin"))
+
+
+@router.get("/schedules", dependencies=[Scope(READ)])
+async def schedules(schedules: Schedules, caller: Caller) -> HTMLResponse:
+    rows = await schedules.page(after=None, limit=SCHEDULE_PAGE_SIZE + 1,
+                                namespace=caller.namespace)
+    items = []
+    for row in rows[:SCHEDULE_PAGE_SIZE]:
+        runs = await schedules.runs(row["id"])
+        items.append(ScheduleOut.of(schedules.jobs.registry.redacted(row),
+                                    schedules.next_times(row), runs[:SCHEDULE_RUNS_SHOWN]))
+    return _fragment("schedules", items=items, more=len(rows) > SCHEDULE_PAGE_SIZE,
+                     now=datetime.now(UTC))
