@@ -72,7 +72,12 @@
 
   function load(region) {
     var url = new URL(region.getAttribute("data-fragment"), root);
-    if (region.hasAttribute("data-pass-query")) url.search = location.search;
+    if (region.hasAttribute("data-pass-query")) {
+      // The shell's query, less the filters left empty ("any").
+      var query = new URLSearchParams(location.search);
+      Array.from(query.keys()).forEach(function (k) { if (!query.get(k)) query.delete(k); });
+      url.search = query.toString();
+    }
     return call(url.href).then(function (response) {
       if (!response.ok) {
         return Promise.resolve(refusedOrFailed(response)).then(function (text) {
