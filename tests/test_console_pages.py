@@ -158,3 +158,22 @@ async def test_a_page_weighs_under_100_kb_before_data(api_as: ApiAs) -> None:
             assert fetched.status_code == 200, url
             total += len(fetched.content)
         assert total < PAGE_BUDGET, (shell, total)
+
+
+def test_the_gateway_opens_exactly_the_public_console_routes(api_app: Any) -> None:
+    """template.yaml lets API Gateway serve the shell pages and assets without its
+    authorizer (a browser loads them before it has a credential), and nothing else under
+    the console: the fragments stay behind the guarded proxy route."""
+    from tests.test_deploy_config import _template
+
+    template = _template()
+    body = template["Resources"]["HttpApi"]["Properties"]["DefinitionBody"]
+    open_paths = {path for path, ops in body["paths"].items()
+                  if path.startswith(CONSOLE) and ops["get"]["security"] == []}
+    public = {r.path.replace("{job_id:uuid}", "{job_id}") for r in api_app.state.routes
+              if r.path.startswith(CONSOLE) and r.requirement.scope is None}
+    assert open_paths == public, (open_paths ^ public)
+    events = {e["Properties"]["Path"] for e in
+              template["Resources"]["ApiFunction"]["Properties"]["Events"].values()}
+    assert public <= events
+    assert not any("fragments" in p for p in open_paths | events)
