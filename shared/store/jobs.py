@@ -13,7 +13,7 @@ import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -40,6 +40,17 @@ SUMMARY_COLUMNS = """id, seq, queue, job_type, priority, status, status_reason, 
 CLAIM_COLUMNS = """id, seq, queue, job_type, payload, priority, attempts, max_retries,
     timeout_seconds, cancel_requested, created_at, scheduled_at, schedule_id, fire_time,
     skip_overlap"""
+
+# Activity (migration 0005) from count deltas (namespace, job_type, status, n, created):
+# a positive count of a status is how many jobs entered it.
+ACTIVITY_SUMS = """coalesce(sum(created), 0)::bigint AS created,
+       coalesce(sum(n) FILTER (WHERE status = 'COMPLETED' AND n > 0), 0)::bigint AS completed,
+       coalesce(sum(n) FILTER (WHERE status = 'RETRYING' AND n > 0), 0)::bigint AS retried,
+       coalesce(sum(n) FILTER (WHERE status = 'FAILED' AND n > 0), 0)::bigint
+           AS dead_lettered,
+       coalesce(sum(n) FILTER (WHERE status = 'CANCELLED' AND n > 0), 0)::bigint
+           AS cancelled"""
+ACTIVITY_KEPT = timedelta(days=2)
 
 # Columns Redis needs to place a job (queue, type, ready score, due time).
 PLACE_COLUMNS = "id, queue, job_type, priority, seq, status, run_at"
@@ -450,12 +461,16 @@ class JobStore:
     # --- upkeep of the table ----------------------------------------------------------------------
 
     async def fold_counts(self) -> int:
-        """Add the count deltas into the totals (the scheduler tick). Safe to run twice at
-        once: a delta is deleted by exactly one fold, which adds it in the same statement."""
-        return int(await self.pool.fetchval(
-            """
+        """Add the count deltas into the totals and into the activity per minute (the
+        scheduler tick). Safe to run twice at once: a delta is deleted by exactly one
+        fold, which adds it in the same statement. Activity older than two days goes.
+
+        A positive delta of a status counts jobs that entered it: one statement moves
+        jobs into a status or out of it, never both (migration 0005)."""
+        folded = int(await self.pool.fetchval(
+            f"""
             WITH moved AS (DELETE FROM job_count_deltas
-                           RETURNING namespace, job_type, status, n, retries),
+                           RETURNING namespace, job_type, status, n, retries, at, created),
             sums AS (SELECT namespace, job_type, status, sum(n) AS n, sum(retries) AS retries,
                             count(*) AS k
                      FROM moved GROUP BY namespace, job_type, status),
@@ -463,8 +478,26 @@ class JobStore:
                 INSERT INTO job_counts AS c (namespace, job_type, status, n, retries)
                 SELECT namespace, job_type, status, n, retries FROM sums
                 ON CONFLICT (namespace, job_type, status)
-                DO UPDATE SET n = c.n + EXCLUDED.n, retries = c.retries + EXCLUDED.retries)
+                DO UPDATE SET n = c.n + EXCLUDED.n, retries = c.retries + EXCLUDED.retries),
+            minutes AS (
+                SELECT date_trunc('minute', at) AS minute, namespace, job_type,
+                       {ACTIVITY_SUMS}
+                FROM moved GROUP BY 1, namespace, job_type),
+            active AS (
+                INSERT INTO job_activity AS a (minute, namespace, job_type, created,
+                                               completed, retried, dead_lettered, cancelled)
+                SELECT * FROM minutes
+                WHERE created + completed + retried + dead_lettered + cancelled > 0
+                ON CONFLICT (minute, namespace, job_type) DO UPDATE SET
+                    created = a.created + EXCLUDED.created,
+                    completed = a.completed + EXCLUDED.completed,
+                    retried = a.retried + EXCLUDED.retried,
+                    dead_lettered = a.dead_lettered + EXCLUDED.dead_lettered,
+                    cancelled = a.cancelled + EXCLUDED.cancelled)
             SELECT coalesce(sum(k), 0) FROM sums"""))
+        await self.pool.execute(
+            "DELETE FROM job_activity WHERE minute < now() - $1::interval", ACTIVITY_KEPT)
+        return folded
 
     async def delete_finished(self, status: Status, finished_before: datetime, *,
                               job_type: str | None = None, except_types: Sequence[str] = (),
