@@ -54,6 +54,7 @@ class Attempt:
         self.job_id = str(row["id"])
         self.job_type: str = row["job_type"]
         self.number: int = row["attempts"]  # the attempt number: also the fencing token
+        self.started_at = datetime.now(UTC)  # for the worker's presence record
         self.handler = handler
         self.stop: Stop | None = None  # why the attempt was asked to end early
         self.task: asyncio.Task[None] | None = None

@@ -29,6 +29,7 @@ from shared.core.lifecycle import Lifecycle, Outcome
 from shared.core.status import Status
 from shared.observability import metrics
 from shared.observability.logs import get_logger
+from shared.queue.presence import Presence
 from shared.registry import Registry
 from shared.settings import Settings
 from worker.attempt import Attempt
@@ -84,6 +85,13 @@ class Worker:
         self.queue = self.stores.queue(settings.queue)
         self.types = registry.limits(settings.queue)
         self.limited = {t.job_type for t in self.types if t.concurrency}
+        # Who this worker is and what it runs, renewed by every heartbeat; it expires
+        # after three missed beats, so a killed worker leaves the console on its own.
+        self.presence = Presence(
+            self.stores.redis, settings.redis_prefix, worker_id=settings.worker_id,
+            queue=settings.queue, concurrency=settings.worker_concurrency,
+            job_types=[t.job_type for t in self.types],
+            ttl_seconds=3 * settings.heartbeat_interval)
         self.token = self.stores.locks.new_token(settings.worker_id)
         # One Redis node (the default): each job's lock lives beside the queue and is
         # taken, extended and released inside the queue's own scripts, which saves two
@@ -273,6 +281,8 @@ class Worker:
         if stuck:
             log.warning("background tasks did not stop", extra={
                 "tasks": sorted(t.get_name() for t in stuck)})
+        with contextlib.suppress(*STORE_ERRORS):
+            await self.presence.leave()
         await self.stores.close()
         log.info("worker stopped", extra={"released": len(leftovers)})
 

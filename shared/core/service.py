@@ -27,7 +27,11 @@ from shared.core.lifecycle import Lifecycle
 from shared.core.status import Status
 from shared.errors import Conflict, IdempotencyConflict, NotFound, ValidationFailed
 from shared.observability.logs import get_logger
+from shared.queue import presence
+from shared.queue.presence import LimitInForce, WorkerPresence
 from shared.registry import Registry
+from shared.store import insights
+from shared.store.insights import Activity, DeadLetterGroups, Window
 from shared.store.jobs import JobStore, NewJob, Row
 
 log = get_logger("api")
@@ -301,3 +305,20 @@ class JobService:
     async def purge_dead(self, job_type: str | None = None, namespace: str | None = None
                          ) -> int:
         return await (await self.stores.store()).purge_dead(job_type, namespace)
+
+    # --- what the console reads ------------------------------------------------------------
+
+    async def activity(self, window: Window, namespace: str | None = None) -> Activity:
+        """Jobs created, finished and retried in the last hour or day (migration 0005)."""
+        return await insights.activity(await self.stores.pool(), window, namespace)
+
+    async def dead_letter_groups(self, namespace: str | None = None,
+                                 job_type: str | None = None) -> DeadLetterGroups:
+        return await insights.dead_letter_groups(await self.stores.pool(), namespace,
+                                                 job_type)
+
+    async def workers(self) -> tuple[list[WorkerPresence], list[LimitInForce]]:
+        """The workers alive (their presence records) and the limits in force now."""
+        redis, prefix = self.stores.redis, self.settings.redis_prefix
+        return (await presence.workers_alive(redis, prefix),
+                await presence.limits_in_force(redis, prefix, self.registry))

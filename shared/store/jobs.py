@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -40,6 +40,17 @@ SUMMARY_COLUMNS = """id, seq, queue, job_type, priority, status, status_reason, 
 CLAIM_COLUMNS = """id, seq, queue, job_type, payload, priority, attempts, max_retries,
     timeout_seconds, cancel_requested, created_at, scheduled_at, schedule_id, fire_time,
     skip_overlap"""
+
+# Activity (migration 0005) from count deltas (namespace, job_type, status, n, created):
+# a positive count of a status is how many jobs entered it.
+ACTIVITY_SUMS = """coalesce(sum(created), 0)::bigint AS created,
+       coalesce(sum(n) FILTER (WHERE status = 'COMPLETED' AND n > 0), 0)::bigint AS completed,
+       coalesce(sum(n) FILTER (WHERE status = 'RETRYING' AND n > 0), 0)::bigint AS retried,
+       coalesce(sum(n) FILTER (WHERE status = 'FAILED' AND n > 0), 0)::bigint
+           AS dead_lettered,
+       coalesce(sum(n) FILTER (WHERE status = 'CANCELLED' AND n > 0), 0)::bigint
+           AS cancelled"""
+ACTIVITY_KEPT = timedelta(days=2)
 
 # Columns Redis needs to place a job (queue, type, ready score, due time).
 PLACE_COLUMNS = "id, queue, job_type, priority, seq, status, run_at"
@@ -86,18 +97,44 @@ def _new_row(job_id: uuid.UUID, job: NewJob, made: asyncpg.Record) -> dict[str, 
     }
 
 
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    """What a list page may be narrowed by, beyond status, type, cursor and namespace.
+
+    ``created_after``/``created_before``: exact on created_at, and turned into a seq range
+    first (:meth:`JobStore.seq_at`), so the page is read through the seq (or status, type)
+    index like any other page instead of filtering rows one by one. ``id_between``: an id
+    range (a full id, or every id starting with a hex prefix), read through the primary key.
+    """
+
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    id_between: tuple[uuid.UUID, uuid.UUID] | None = None
+    seq_from: int | None = None  # set by list_page from created_after
+    seq_before: int | None = None  # from created_before
+
+
 def _list_filter(status: Status | None, job_type: str | None, before_seq: int | None,
-                 namespace: str | None) -> tuple[str, list[Any]]:
+                 namespace: str | None, more: ListFilter | None = None
+                 ) -> tuple[str, list[Any]]:
     """The WHERE clause of a list and its arguments ($1, $2, ...).
 
     Only the filters given go into the clause (each from a fixed fragment, values always as
     parameters): ``($1 IS NULL OR status = $1)`` would keep PostgreSQL from using the
     status index.
     """
+    more = more or ListFilter()
     fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
-                 "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
+                 "before_seq": "seq < ${}", "namespace": "namespace = ${}",
+                 "seq_from": "seq >= ${}", "seq_before": "seq < ${}",
+                 "created_after": "created_at >= ${}", "created_before": "created_at < ${}",
+                 "id_from": "id >= ${}", "id_to": "id <= ${}"}
     given = {"status": status.value if status else None, "job_type": job_type,
-             "before_seq": before_seq, "namespace": namespace}
+             "before_seq": before_seq, "namespace": namespace,
+             "seq_from": more.seq_from, "seq_before": more.seq_before,
+             "created_after": more.created_after, "created_before": more.created_before,
+             "id_from": more.id_between[0] if more.id_between else None,
+             "id_to": more.id_between[1] if more.id_between else None}
     where: list[str] = []
     args: list[Any] = []
     for name, value in given.items():
@@ -105,6 +142,13 @@ def _list_filter(status: Status | None, job_type: str | None, before_seq: int | 
             args.append(value)
             where.append(fragments[name].format(len(args)))
     return (f"WHERE {' AND '.join(where)}" if where else ""), args
+
+
+# How far created_at may run behind seq order: created_at is the creating transaction's
+# start, seq is drawn at its insert, so a long transaction's jobs carry an earlier time
+# than jobs inserted before them. Time filters search the seq range this much wider and
+# then filter on created_at exactly.
+CREATED_SKEW = timedelta(seconds=60)
 
 
 class _Incomplete(Exception):
@@ -257,7 +301,8 @@ class JobStore:
 
     async def list_page(self, *, status: Status | None = None, job_type: str | None = None,
                         before_seq: int | None = None, limit: int = 50, max_bytes: int,
-                        summary: bool = False, namespace: str | None = None
+                        summary: bool = False, namespace: str | None = None,
+                        narrow: ListFilter | None = None
                         ) -> tuple[list[asyncpg.Record], bool]:
         """A list page bounded by count and by size: newest first, at most ``limit`` rows,
         and no more payload and result text than ``max_bytes`` (the first row always). Also
@@ -266,7 +311,14 @@ class JobStore:
         The size is summed in PostgreSQL so that rows beyond the budget never reach this
         process: 500 jobs of 256 KiB would otherwise be 128 MB in memory for a 1 MB page.
         """
-        clause, args = _list_filter(status, job_type, before_seq, namespace)
+        if narrow is not None and (narrow.created_after or narrow.created_before):
+            narrow = replace(
+                narrow,
+                seq_from=(await self.seq_at(narrow.created_after - CREATED_SKEW)
+                          if narrow.created_after else None),
+                seq_before=(await self.seq_at(narrow.created_before + CREATED_SKEW)
+                            if narrow.created_before else None))
+        clause, args = _list_filter(status, job_type, before_seq, namespace, narrow)
         size = ("0" if summary else
                 "octet_length(payload::text) + coalesce(octet_length(result::text), 0)")
         columns = SUMMARY_COLUMNS if summary else JOB_COLUMNS
@@ -285,6 +337,32 @@ class JobStore:
             """, *args)
         more = bool(rows) and rows[0]["page_rows"] > len(rows)
         return rows, more
+
+    async def seq_at(self, moment: datetime) -> int:
+        """The first seq of the jobs created at or after ``moment``, taking jobs to be
+        created in seq order (within ``CREATED_SKEW``): a binary search over the seq index,
+        one probe per step (about 20 for a million jobs, a millisecond or two in all),
+        where a range scan on created_at would need an index of its own on the hot table.
+
+        Invariant: jobs below ``lo`` were created before ``moment``, jobs from ``hi`` on
+        at or after it; a probe reads the first job at or after the middle, which skips
+        the gaps deleted jobs leave."""
+        return int(await self.pool.fetchval(
+            """
+            WITH RECURSIVE search(lo, hi) AS (
+                SELECT coalesce((SELECT min(seq) FROM jobs), 0),
+                       coalesce((SELECT max(seq) FROM jobs), 0) + 1
+                UNION ALL
+                SELECT CASE WHEN p.seq IS NULL OR p.seq >= s.hi THEN s.lo
+                            WHEN p.created_at < $1 THEN p.seq + 1 ELSE s.lo END,
+                       CASE WHEN p.seq IS NULL OR p.seq >= s.hi THEN (s.lo + s.hi) / 2
+                            WHEN p.created_at < $1 THEN s.hi ELSE p.seq END
+                FROM search s
+                LEFT JOIN LATERAL (
+                    SELECT seq, created_at FROM jobs WHERE seq >= (s.lo + s.hi) / 2
+                    ORDER BY seq LIMIT 1) p ON true
+                WHERE s.lo < s.hi)
+            SELECT min(hi) FROM search WHERE lo >= hi""", moment))
 
     async def history(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
         """Every state change of a job, oldest first. The first entry, its creation, is
@@ -450,12 +528,16 @@ class JobStore:
     # --- upkeep of the table ----------------------------------------------------------------------
 
     async def fold_counts(self) -> int:
-        """Add the count deltas into the totals (the scheduler tick). Safe to run twice at
-        once: a delta is deleted by exactly one fold, which adds it in the same statement."""
-        return int(await self.pool.fetchval(
-            """
+        """Add the count deltas into the totals and into the activity per minute (the
+        scheduler tick). Safe to run twice at once: a delta is deleted by exactly one
+        fold, which adds it in the same statement. Activity older than two days goes.
+
+        A positive delta of a status counts jobs that entered it: one statement moves
+        jobs into a status or out of it, never both (migration 0005)."""
+        folded = int(await self.pool.fetchval(
+            f"""
             WITH moved AS (DELETE FROM job_count_deltas
-                           RETURNING namespace, job_type, status, n, retries),
+                           RETURNING namespace, job_type, status, n, retries, at, created),
             sums AS (SELECT namespace, job_type, status, sum(n) AS n, sum(retries) AS retries,
                             count(*) AS k
                      FROM moved GROUP BY namespace, job_type, status),
@@ -463,8 +545,26 @@ class JobStore:
                 INSERT INTO job_counts AS c (namespace, job_type, status, n, retries)
                 SELECT namespace, job_type, status, n, retries FROM sums
                 ON CONFLICT (namespace, job_type, status)
-                DO UPDATE SET n = c.n + EXCLUDED.n, retries = c.retries + EXCLUDED.retries)
+                DO UPDATE SET n = c.n + EXCLUDED.n, retries = c.retries + EXCLUDED.retries),
+            minutes AS (
+                SELECT date_trunc('minute', at) AS minute, namespace, job_type,
+                       {ACTIVITY_SUMS}
+                FROM moved GROUP BY 1, namespace, job_type),
+            active AS (
+                INSERT INTO job_activity AS a (minute, namespace, job_type, created,
+                                               completed, retried, dead_lettered, cancelled)
+                SELECT * FROM minutes
+                WHERE created + completed + retried + dead_lettered + cancelled > 0
+                ON CONFLICT (minute, namespace, job_type) DO UPDATE SET
+                    created = a.created + EXCLUDED.created,
+                    completed = a.completed + EXCLUDED.completed,
+                    retried = a.retried + EXCLUDED.retried,
+                    dead_lettered = a.dead_lettered + EXCLUDED.dead_lettered,
+                    cancelled = a.cancelled + EXCLUDED.cancelled)
             SELECT coalesce(sum(k), 0) FROM sums"""))
+        await self.pool.execute(
+            "DELETE FROM job_activity WHERE minute < now() - $1::interval", ACTIVITY_KEPT)
+        return folded
 
     async def delete_finished(self, status: Status, finished_before: datetime, *,
                               job_type: str | None = None, except_types: Sequence[str] = (),
