@@ -177,3 +177,24 @@ def test_the_gateway_opens_exactly_the_public_console_routes(api_app: Any) -> No
               template["Resources"]["ApiFunction"]["Properties"]["Events"].values()}
     assert public <= events
     assert not any("fragments" in p for p in open_paths | events)
+
+
+async def test_jobs_fragment_filters_by_namespace_and_creation_time(
+        api: httpx.AsyncClient, api_as: ApiAs) -> None:
+    acme = await api_as("jobs:write", namespace="acme")
+    ours = await job_api.create(acme, "noop", {})
+    unbound = await job_api.create(api, "noop", {})
+    only_acme = await api.get(f"{CONSOLE}/fragments/jobs", params={"namespace": "acme"})
+    assert ours in only_acme.text and unbound not in only_acme.text
+    # A bound key cannot widen its view by naming another namespace.
+    other = await acme.get(f"{CONSOLE}/fragments/jobs", params={"namespace": "globex"})
+    assert ours in other.text
+    future = await api.get(f"{CONSOLE}/fragments/jobs",
+                           params={"created_after": "2035-01-01T00:00"})
+    assert "No job matches" in future.text
+    past = await api.get(f"{CONSOLE}/fragments/jobs",
+                         params={"created_before": "2035-01-01T00:00",
+                                 "created_after": "2020-01-01T00:00:00+00:00"})
+    assert ours in past.text and unbound in past.text
+    bad = await api.get(f"{CONSOLE}/fragments/jobs", params={"created_after": "yesterday"})
+    assert bad.status_code == 422 and "created_after" in bad.text

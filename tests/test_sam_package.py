@@ -152,7 +152,7 @@ def test_each_artifact_holds_our_code_and_its_dependencies(
         module = handler.rpartition(".")[0]
         assert (artifact / (module.replace(".", "/") + ".py")).is_file(), handler
         for path in ("shared/settings.py", "shared/queue/lua/claim.lua", "shared/job_types",
-                     "asyncpg", "redis", "hiredis", "fastapi", "mangum", "pydantic_core",
+                     "asyncpg", "redis", "hiredis", "fastapi", "mangum", "pydantic_core", "jinja2",
                      "aws_lambda_powertools", "boto3"):
             assert (artifact / path).exists(), f"{artifact.name} lacks {path}"
 

@@ -9,8 +9,8 @@ the page; a fragment that holds ``data-final`` tells it to stop refreshing.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -24,12 +24,15 @@ from functions.api.listing import Cursor
 from functions.api.schedules import Schedules
 from shared.api_schemas import JobOut, JobSummary, Transition
 from shared.core.status import CANCELLABLE, TERMINAL, Status
+from shared.errors import ValidationFailed
 from shared.schedule_schemas import ScheduleOut
+from shared.scopes import NAMESPACE_PATTERN
+from shared.store.insights import Window
+from shared.store.jobs import ListFilter
 
 router = APIRouter(prefix="/console/fragments", include_in_schema=False)
 
 PAGE_SIZE = 50
-DEAD_PAGE_SIZE = 200  # dead letters are grouped from one page of the newest
 SCHEDULE_PAGE_SIZE = 100
 SCHEDULE_RUNS_SHOWN = 3
 
@@ -49,15 +52,37 @@ async def whoami(caller: Caller) -> HTMLResponse:
 
 @router.get("/overview", dependencies=[Scope(READ)])
 async def overview(service: Service, caller: Caller) -> HTMLResponse:
-    data = await service.stats(caller.namespace)
+    """Counts (exact, without a scan), activity over the last hour and day, queue
+    depths, workers alive and limits in force. The last three are the fleet's, shared by
+    every namespace: only an unbound caller sees them (a worker's running jobs may be
+    another tenant's)."""
+    data, hour, day = await asyncio.gather(
+        service.stats(caller.namespace), service.activity(Window.hour, caller.namespace),
+        service.activity(Window.day, caller.namespace))
+    workers, limits = await service.workers() if caller.namespace is None else ([], [])
     by_status: dict[str, int] = data["by_status"]
     done = by_status[Status.COMPLETED] + by_status[Status.FAILED]
     return _fragment(
         "overview", statuses=[s.value for s in Status], by_status=by_status,
         by_type=dict(sorted(data["by_type"].items())), queues=data["queues"],
         success_rate=(by_status[Status.COMPLETED] / done) if done else None,
-        retries=data["retries"], namespace=caller.namespace,
+        retries=data["retries"], namespace=caller.namespace, windows=[hour, day],
+        workers=workers, limits=limits, fleet=caller.namespace is None,
         now=datetime.now(UTC))
+
+
+def _moment(value: str | None, name: str) -> datetime | None:
+    """A time from the filter form: ISO 8601, taken as UTC when it names no zone (a
+    ``datetime-local`` input sends none)."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationFailed(f"{name} is not a date and time", [
+            {"loc": ["query", name], "msg": "expected ISO 8601, e.g. 2026-11-29T23:00",
+             "type": "value_error"}]) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @router.get("/jobs", dependencies=[Scope(READ)])
@@ -68,9 +93,16 @@ async def jobs(
     status: Annotated[Status | None, Query()] = None,
     job_type: JobTypeFilter = None,
     job_id: Annotated[str | None, Query(alias="id", max_length=64)] = None,
+    namespace: Annotated[str | None, Query(pattern=NAMESPACE_PATTERN)] = None,
+    created_after: Annotated[str | None, Query(max_length=40)] = None,
+    created_before: Annotated[str | None, Query(max_length=40)] = None,
     cursor: Cursor = None,
 ) -> HTMLResponse:
-    """A page of jobs, newest first (without payloads); ``id`` finds one job."""
+    """A page of jobs, newest first (without payloads); ``id`` finds one job. A caller
+    bound to a namespace lists its own whatever ``namespace`` says."""
+    tenant = caller.namespace if caller.namespace is not None else namespace
+    narrow = ListFilter(created_after=_moment(created_after, "created_after"),
+                        created_before=_moment(created_before, "created_before"))
     rows: list[Any] = []
     more = False
     problem = None
@@ -81,14 +113,14 @@ async def jobs(
         except ValueError:
             problem = f"{wanted!r} is not a job id (a UUID)"
         else:
-            row = await (await service.stores.store()).get(found, caller.namespace)
+            row = await (await service.stores.store()).get(found, tenant)
             rows = [row] if row is not None else []
     else:
         store = await service.stores.store()
         rows, more = await store.list_page(
             status=status, job_type=job_type, before_seq=decode_cursor(cursor),
             limit=PAGE_SIZE, max_bytes=service.settings.api_page_max_bytes, summary=True,
-            namespace=caller.namespace)
+            namespace=tenant, narrow=narrow)
     items = [JobSummary.of(service.registry.redacted(r)) for r in rows]
     # The pager's links keep the filters: the shell passes its query on to the fragment.
     query = {k: v for k, v in request.query_params.items() if k != "cursor"}
@@ -121,22 +153,14 @@ async def job(job_id: uuid.UUID, service: Service, caller: Caller) -> HTMLRespon
 @router.get("/dead-letters", dependencies=[Scope(READ)])
 async def dead_letters(service: Service, caller: Caller,
                        job_type: JobTypeFilter = None) -> HTMLResponse:
-    """The newest dead jobs, grouped by type and error."""
-    store = await service.stores.store()
-    rows, more = await store.list_page(
-        status=Status.FAILED, job_type=job_type, limit=DEAD_PAGE_SIZE,
-        max_bytes=service.settings.api_page_max_bytes, summary=True,
-        namespace=caller.namespace)
-    groups: dict[tuple[str, str], list[JobSummary]] = defaultdict(list)
-    for r in rows:
-        job = JobSummary.of(service.registry.redacted(r))
-        groups[(job.job_type, job.last_error or "(no error recorded)")].append(job)
+    """Dead jobs grouped by type and error, largest group first, with the newest few of
+    each to redrive one by one."""
+    found = await service.dead_letter_groups(caller.namespace, job_type)
     data = await service.stats(caller.namespace)
     dead_by_type = {t: counts.get(Status.FAILED, 0) for t, counts in data["by_type"].items()
                     if counts.get(Status.FAILED, 0)}
-    return _fragment("dead-letters", groups=sorted(groups.items()), more=more, shown=len(rows),
-                     dead_by_type=dict(sorted(dead_by_type.items())),
-                     now=datetime.now(UTC), admin=caller.may("admin"))
+    return _fragment("dead-letters", found=found, dead_by_type=dead_by_type,
+                     now=datetime.now(UTC))
 
 
 @router.get("/schedules", dependencies=[Scope(READ)])
