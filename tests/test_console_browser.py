@@ -180,7 +180,6 @@ async def test_sign_in_with_a_key_then_see_the_overview(console: Console,
     await console.create("noop", {"tag": "overview"})
     # The overview refreshes itself: the new job's type appears without a reload.
     await expect(page.get_by_role("rowheader", name="noop")).to_be_visible()
-    await screenshot(page, "overview")
     await page.get_by_role("button", name="Sign out").click()
     await page.wait_for_url("**/console/sign-in")
     assert await page.evaluate("sessionStorage.length") == 0
@@ -361,5 +360,25 @@ async def test_the_console_works_behind_a_gateway_stage(console: Console,
     await expect(page.locator("[data-status]")).to_be_visible()
     await page.get_by_role("link", name="Overview").click()
     await page.wait_for_url(staged)
+    # The overview keeps refreshing through the stage route: stop routing before closing.
+    await page.unroute_all(behavior="ignoreErrors")
     assert outside == []
+    assert problems(offline) == []
+
+
+async def test_overview_shows_workers_activity_and_what_they_run(
+        console: Console, offline: Offline, worker_process: WorkerProcess) -> None:
+    await worker_process.ensure_running()
+    job_id = await console.create("record", {"seconds": 20, "tag": "long"})
+    page = await offline.context.new_page()
+    await sign_in(offline, page, f"{console.console}/sign-in", console.admin)
+    # The worker's heartbeat lists the job it runs; the overview picks it up by itself.
+    running = page.locator(f"tr[data-worker] a[href$='/jobs/{job_id}']")
+    await expect(running).to_be_visible(timeout=30_000)
+    hour = page.locator("tr[data-window='1h']")
+    await expect(hour).to_be_visible()
+    assert int((await hour.locator("td").first.inner_text()).replace(",", "")) >= 1
+    await screenshot(page, "overview")
+    cancelled = await console.client.delete(f"{PREFIX}/jobs/{job_id}")
+    assert cancelled.status_code in (200, 202), cancelled.text
     assert problems(offline) == []
