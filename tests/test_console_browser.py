@@ -228,10 +228,11 @@ async def test_filter_the_jobs_list_and_open_a_timeline(console: Console,
     assert set(await rows.locator(".state").all_inner_texts()) == {"PENDING"}
     assert await page.locator(f"tr[data-job='{noops[0]}']").count() == 0
     await page.get_by_role("link", name="Clear").click()
+    await offline.shows(page.locator(f"tr[data-job='{noops[0]}']"))
+    await screenshot(page, "jobs")
     await page.get_by_label("Job id").fill(noops[1])
     await page.keyboard.press("Enter")  # the form works from the keyboard
     await expect(rows).to_have_count(1)
-    await screenshot(page, "jobs")
     await rows.get_by_role("link").click()
     await page.wait_for_url(f"**/console/jobs/{noops[1]}")
     await offline.shows(page.get_by_role("heading", name="Timeline"))
