@@ -6,7 +6,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from shared.core.status import Status
 
@@ -163,11 +170,36 @@ class Stats(BaseModel):
     dead_letter_size: int
 
 
+REDRIVE_IDS_MAX = 500
+
+
 class RedriveRequest(BaseModel):
+    """Which dead jobs to redrive: all (no body or ``{}``), those of one type, or a
+    selection of ids; not both of the last two."""
+
     model_config = ConfigDict(extra="forbid")
 
     job_type: str | None = Field(None, max_length=100, pattern=NAME_PATTERN,
                                  description="Only dead jobs of this type.")
+    ids: list[uuid.UUID] | None = Field(
+        None, min_length=1, max_length=REDRIVE_IDS_MAX,
+        description=f"Only these jobs (1 to {REDRIVE_IDS_MAX}; repeats count once). An id "
+        "that is not dead, or not the caller's, is reported in `skipped`.")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> Self:
+        if self.ids is not None and self.job_type is not None:
+            raise ValueError("give either ids or job_type, not both")
+        return self
+
+
+class RedriveResult(BaseModel):
+    count: int = Field(description="Jobs redriven.")
+    redriven: list[uuid.UUID] | None = Field(
+        None, description="With `ids`: the jobs redriven (absent for the other forms).")
+    skipped: list[uuid.UUID] | None = Field(
+        None, description="With `ids`: those not redriven: not dead, unknown, or in "
+        "another namespace (absent for the other forms).")
 
 
 class CountResult(BaseModel):
