@@ -6,14 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from shared.core.status import Status
 
@@ -174,8 +167,8 @@ REDRIVE_IDS_MAX = 500
 
 
 class RedriveRequest(BaseModel):
-    """Which dead jobs to redrive: all (no body or ``{}``), those of one type, or a
-    selection of ids; not both of the last two."""
+    """Which dead jobs to redrive: all (no body or ``{}``), those of one type, a selection
+    of ids, or the ids of the selection that are of the type."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -184,13 +177,8 @@ class RedriveRequest(BaseModel):
     ids: list[uuid.UUID] | None = Field(
         None, min_length=1, max_length=REDRIVE_IDS_MAX,
         description=f"Only these jobs (1 to {REDRIVE_IDS_MAX}; repeats count once). An id "
-        "that is not dead, or not the caller's, is reported in `skipped`.")
-
-    @model_validator(mode="after")
-    def _one_selection(self) -> Self:
-        if self.ids is not None and self.job_type is not None:
-            raise ValueError("give either ids or job_type, not both")
-        return self
+        "that is not dead, not the caller's or (with job_type) of another type is reported "
+        "in `skipped`.")
 
 
 class RedriveResult(BaseModel):

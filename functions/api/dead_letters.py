@@ -62,7 +62,8 @@ async def redrive_all(service: Service, caller: Caller,
                       body: Annotated[RedriveRequest | None, Body()] = None) -> RedriveResult:
     if body is not None and body.ids is not None:
         wanted = list(dict.fromkeys(body.ids))
-        rows = await service.redrive(job_ids=wanted, namespace=caller.namespace)
+        rows = await service.redrive(job_ids=wanted, job_type=body.job_type,
+                                     namespace=caller.namespace)
         done = {str(r["id"]) for r in rows}
         return RedriveResult(count=len(done), redriven=[i for i in wanted if str(i) in done],
                              skipped=[i for i in wanted if str(i) not in done])
