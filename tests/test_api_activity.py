@@ -118,9 +118,9 @@ async def test_buckets_are_aligned_to_their_length(db):
     # rows of another minute land in their own bucket; older ones are outside the window
     await db.execute("""
         INSERT INTO job_activity (minute, namespace, job_type, created, completed)
-        VALUES ('2026-11-29 12:11+00', '', 'noop', 1, 1),
-               ('2026-11-29 13:05+00', '', 'noop', 2, 0),
-               ('2026-11-29 12:09+00', '', 'noop', 100, 100)""")
+        VALUES ('2026-11-29 12:11+00', '*', 'noop', 1, 1),
+               ('2026-11-29 13:05+00', '*', 'noop', 2, 0),
+               ('2026-11-29 12:09+00', '*', 'noop', 100, 100)""")
     body = await activity(db, Window.hour, now=now)
     assert [b.created for b in body.buckets] == [1] + [0] * 10 + [2]
     assert body.totals.completed == 1
