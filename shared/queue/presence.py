@@ -53,7 +53,9 @@ class WorkerPresence(BaseModel):
     concurrency: int = Field(description="Jobs the worker runs at once, at most.")
     job_types: list[str] = Field(description="The job types the worker serves.")
     running: list[RunningJob] = Field(
-        description="The jobs it ran at its last heartbeat (up to one heartbeat old).")
+        description="The jobs it ran at its last heartbeat (up to one heartbeat old; empty "
+        "for a credential bound to a namespace, which sees only running_count).")
+    running_count: int = Field(description="How many jobs it ran at its last heartbeat.")
     ttl_seconds: float = Field(
         description="The record expires this long after last_seen unless renewed.")
 
@@ -98,7 +100,8 @@ class Presence:
                        "ttl_seconds": self.ttl_ms / 1000}
 
     def record(self, running: list[RunningJob]) -> WorkerPresence:
-        return WorkerPresence(**self._fixed, last_seen=datetime.now(UTC), running=running)
+        return WorkerPresence(**self._fixed, last_seen=datetime.now(UTC), running=running,
+                              running_count=len(running))
 
     async def beat(self, running: list[RunningJob]) -> None:
         """Write (or renew) the record: one pipelined round trip."""

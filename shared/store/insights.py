@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shared.core.status import Status
-from shared.store.jobs import ACTIVITY_SUMS, _list_filter
+from shared.store.jobs import ACTIVITY_SUMS, ALL_NAMESPACES, _list_filter
 
 # Newest dead jobs the groups are built from; a queue holding more is summarised from its
 # newest, and says so.
@@ -116,15 +116,17 @@ async def activity(pool: Any, window: Window, namespace: str | None = None,
                sum(a.retried)::bigint AS retried,
                sum(a.dead_lettered)::bigint AS dead_lettered,
                sum(a.cancelled)::bigint AS cancelled
-        FROM (SELECT minute AS at, namespace, job_type, created, completed, retried,
-                     dead_lettered, cancelled
-              FROM job_activity WHERE minute >= $1
+        FROM (SELECT minute AS at, job_type, created, completed, retried, dead_lettered,
+                     cancelled
+              FROM job_activity WHERE namespace = $3 AND minute >= $1
               UNION ALL
-              SELECT at, namespace, job_type, {ACTIVITY_SUMS}
-              FROM job_count_deltas WHERE at >= $1 GROUP BY at, namespace, job_type) a
-        WHERE $3::text IS NULL OR a.namespace = $3
+              SELECT at, job_type, {ACTIVITY_SUMS}
+              FROM job_count_deltas WHERE at >= $1 AND ($3 = '{ALL_NAMESPACES}'
+                                                        OR namespace = $3)
+              GROUP BY at, job_type) a
         GROUP BY 1, 2""",
-        start, bucket.total_seconds(), namespace, n)
+        start, bucket.total_seconds(),
+        ALL_NAMESPACES if namespace is None else namespace, n)
     totals = TypeActivity()
     by_type: dict[str, TypeActivity] = {}
     buckets = [ActivityBucket(start=start + bucket * i) for i in range(n)]

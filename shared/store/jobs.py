@@ -51,6 +51,7 @@ ACTIVITY_SUMS = """coalesce(sum(created), 0)::bigint AS created,
        coalesce(sum(n) FILTER (WHERE status = 'CANCELLED' AND n > 0), 0)::bigint
            AS cancelled"""
 ACTIVITY_KEPT = timedelta(days=2)
+ALL_NAMESPACES = "*"  # job_activity's rows of every namespace together
 
 # Columns Redis needs to place a job (queue, type, ready score, due time).
 PLACE_COLUMNS = "id, queue, job_type, priority, seq, status, run_at"
@@ -547,15 +548,18 @@ class JobStore:
                 ON CONFLICT (namespace, job_type, status)
                 DO UPDATE SET n = c.n + EXCLUDED.n, retries = c.retries + EXCLUDED.retries),
             minutes AS (
-                SELECT date_trunc('minute', at) AS minute, namespace, job_type,
+                SELECT namespace, date_trunc('minute', at) AS minute, job_type,
                        {ACTIVITY_SUMS}
-                FROM moved GROUP BY 1, namespace, job_type),
+                FROM moved GROUP BY namespace, 2, job_type
+                UNION ALL
+                SELECT '{ALL_NAMESPACES}', date_trunc('minute', at), job_type, {ACTIVITY_SUMS}
+                FROM moved GROUP BY 2, job_type),
             active AS (
-                INSERT INTO job_activity AS a (minute, namespace, job_type, created,
+                INSERT INTO job_activity AS a (namespace, minute, job_type, created,
                                                completed, retried, dead_lettered, cancelled)
                 SELECT * FROM minutes
                 WHERE created + completed + retried + dead_lettered + cancelled > 0
-                ON CONFLICT (minute, namespace, job_type) DO UPDATE SET
+                ON CONFLICT (namespace, minute, job_type) DO UPDATE SET
                     created = a.created + EXCLUDED.created,
                     completed = a.completed + EXCLUDED.completed,
                     retried = a.retried + EXCLUDED.retried,

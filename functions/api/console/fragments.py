@@ -20,15 +20,13 @@ from fastapi.responses import HTMLResponse
 from functions.api.auth import READ, Caller, Scope
 from functions.api.console.rendering import render
 from functions.api.deps import JobTypeFilter, Service, decode_cursor, encode_cursor
-from functions.api.listing import Cursor
+from functions.api.listing import CreatedAfter, CreatedBefore, Cursor, IdSearch, narrowing
 from functions.api.schedules import Schedules
 from shared.api_schemas import JobOut, JobSummary, Transition
 from shared.core.status import CANCELLABLE, TERMINAL, Status
-from shared.errors import ValidationFailed
 from shared.schedule_schemas import ScheduleOut
 from shared.scopes import NAMESPACE_PATTERN
 from shared.store.insights import Window
-from shared.store.jobs import ListFilter
 
 router = APIRouter(prefix="/console/fragments", include_in_schema=False)
 
@@ -71,20 +69,6 @@ async def overview(service: Service, caller: Caller) -> HTMLResponse:
         now=datetime.now(UTC))
 
 
-def _moment(value: str | None, name: str) -> datetime | None:
-    """A time from the filter form: ISO 8601, taken as UTC when it names no zone (a
-    ``datetime-local`` input sends none)."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationFailed(f"{name} is not a date and time", [
-            {"loc": ["query", name], "msg": "expected ISO 8601, e.g. 2026-11-29T23:00",
-             "type": "value_error"}]) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 @router.get("/jobs", dependencies=[Scope(READ)])
 async def jobs(
     service: Service,
@@ -92,41 +76,28 @@ async def jobs(
     request: Request,
     status: Annotated[Status | None, Query()] = None,
     job_type: JobTypeFilter = None,
-    job_id: Annotated[str | None, Query(alias="id", max_length=64)] = None,
+    id_search: IdSearch = None,
     namespace: Annotated[str | None, Query(pattern=NAMESPACE_PATTERN)] = None,
-    created_after: Annotated[str | None, Query(max_length=40)] = None,
-    created_before: Annotated[str | None, Query(max_length=40)] = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
     cursor: Cursor = None,
 ) -> HTMLResponse:
-    """A page of jobs, newest first (without payloads); ``id`` finds one job. A caller
-    bound to a namespace lists its own whatever ``namespace`` says."""
-    tenant = caller.namespace if caller.namespace is not None else namespace
-    narrow = ListFilter(created_after=_moment(created_after, "created_after"),
-                        created_before=_moment(created_before, "created_before"))
-    rows: list[Any] = []
-    more = False
-    problem = None
-    wanted = (job_id or "").strip()
-    if wanted:
-        try:
-            found = uuid.UUID(wanted)
-        except ValueError:
-            problem = f"{wanted!r} is not a job id (a UUID)"
-        else:
-            row = await (await service.stores.store()).get(found, tenant)
-            rows = [row] if row is not None else []
-    else:
-        store = await service.stores.store()
-        rows, more = await store.list_page(
-            status=status, job_type=job_type, before_seq=decode_cursor(cursor),
-            limit=PAGE_SIZE, max_bytes=service.settings.api_page_max_bytes, summary=True,
-            namespace=tenant, narrow=narrow)
+    """A page of jobs, newest first (without payloads), with the JSON list's filters
+    (``id``: a job id or its first hex digits). A caller bound to a namespace lists its
+    own whatever ``namespace`` says."""
+    narrow = narrowing(created_after, created_before, id_search)
+    store = await service.stores.store()
+    rows, more = await store.list_page(
+        status=status, job_type=job_type, before_seq=decode_cursor(cursor),
+        limit=PAGE_SIZE, max_bytes=service.settings.api_page_max_bytes, summary=True,
+        namespace=caller.namespace if caller.namespace is not None else namespace,
+        narrow=narrow)
     items = [JobSummary.of(service.registry.redacted(r)) for r in rows]
     # The pager's links keep the filters: the shell passes its query on to the fragment.
     query = {k: v for k, v in request.query_params.items() if k != "cursor"}
     next_query = ({**query, "cursor": encode_cursor(rows[-1]["seq"])}
                   if more and rows else None)
-    return _fragment("jobs", items=items, next_query=next_query, problem=problem,
+    return _fragment("jobs", items=items, next_query=next_query,
                      first_query=query if cursor else None,
                      cancellable={s.value for s in CANCELLABLE} | {Status.PROCESSING.value},
                      now=datetime.now(UTC))

@@ -133,9 +133,7 @@
         document.querySelectorAll("input[name='" + selection + "']:checked"),
         function (box) { return box.value; });
       if (!ids.length) { say("Select at least one job first.", true); return; }
-      var each = button.getAttribute("data-each");
-      if (each) ids.forEach(function (id) { requests.push([each.replace("{id}", id), null]); });
-      else requests.push([button.getAttribute("data-api"), JSON.stringify({ ids: ids })]);
+      requests.push([button.getAttribute("data-api"), JSON.stringify({ ids: ids })]);
     } else {
       requests.push([button.getAttribute("data-api"), payload]);
     }
@@ -143,6 +141,7 @@
       if (!ok) { button.focus(); return; }
       button.disabled = true;
       var failure = null;
+      var skipped = 0;
       var chain = Promise.resolve();
       requests.forEach(function (r) {
         chain = chain.then(function () {
@@ -152,13 +151,18 @@
           return call(new URL(r[0], api).href, options).then(function (response) {
             if (!response.ok) return Promise.resolve(refusedOrFailed(response))
               .then(function (text) { failure = text || "signed out"; });
+            // A selection's redrive names the jobs it skipped (no longer dead, or gone).
+            return response.json().then(function (answer) {
+              skipped += (answer && answer.skipped) ? answer.skipped.length : 0;
+            }, function () { /* no body (204) */ });
           });
         });
       });
       chain.then(function () {
         button.disabled = false;
         if (failure) say(failure, true);
-        else say(button.getAttribute("data-done") || "Done.", false);
+        else say((button.getAttribute("data-done") || "Done.") +
+          (skipped ? " (" + skipped + " skipped: no longer dead)" : ""), false);
         if (region) load(region);
       }, function () { button.disabled = false; say("The request failed (network).", true); });
     });

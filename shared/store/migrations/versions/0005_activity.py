@@ -4,7 +4,7 @@ How many jobs of each (namespace, job_type) were created, completed, retried (an
 failed, another follows), dead-lettered and cancelled in each minute. The overview asks
 for the last hour or day; counting those jobs in ``jobs`` would read every job of the
 window (a million of them in a busy day), while this table holds a row per minute and type
-that had any activity: 1,440 a day per type at most.
+that had any activity: 1,440 a day per type (and namespace) at most.
 
 It is built from what the count triggers of 0003 already write, so no write to ``jobs``
 does more work than before, bar one column:
@@ -13,8 +13,9 @@ does more work than before, bar one column:
   it rewrites nothing) and ``created`` (set by the insert trigger: how many of the rows a
   statement counts were inserted, not moved into that status);
 - the fold (``JobStore.fold_counts``, each scheduler tick) adds each delta's positive count
-  into its minute's row: one statement moves jobs into a status or out of it, never both,
-  so a positive count is the number of jobs that entered it;
+  into its minute's row, and into the minute's row of all namespaces ('*'): one statement
+  moves jobs into a status or out of it, never both, so a positive count is the number of
+  jobs that entered it;
 - readers add the deltas not yet folded, so the counts are current.
 
 Rows older than two days are deleted by the fold (the console shows a day at most).
@@ -59,16 +60,20 @@ def upgrade() -> None:
             ADD COLUMN IF NOT EXISTS created bigint NOT NULL DEFAULT 0""")
     op.execute("""
         CREATE TABLE IF NOT EXISTS job_activity (
+            -- '' for jobs without one, as in job_counts; '*' for all of them together
+            -- (no namespace can be called that), so that the overview of the whole
+            -- fleet reads one row per minute and type however many tenants there are
+            namespace     text NOT NULL,
             minute        timestamptz NOT NULL,
-            namespace     text NOT NULL,  -- '' for jobs without one, as in job_counts
             job_type      text NOT NULL,
             created       bigint NOT NULL DEFAULT 0,
             completed     bigint NOT NULL DEFAULT 0,
             retried       bigint NOT NULL DEFAULT 0,
             dead_lettered bigint NOT NULL DEFAULT 0,
             cancelled     bigint NOT NULL DEFAULT 0,
-            PRIMARY KEY (minute, namespace, job_type)
+            PRIMARY KEY (namespace, minute, job_type)
         )""")
+    op.execute("CREATE INDEX IF NOT EXISTS job_activity_minute ON job_activity (minute)")
     op.execute(COUNT_INSERT)
 
 
