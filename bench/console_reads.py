@@ -87,8 +87,8 @@ async def seed(db: asyncpg.Connection, rows: int) -> None:
                      "job_activity")
     await fill(db, rows, lambda text: print(text, flush=True))
     await db.execute("SET session_replication_role = replica")
-    await db.execute("UPDATE jobs SET namespace = 'tenant' || (seq / 10 % 10) "
-                     "WHERE seq % 10 = 0")
+    await db.execute("UPDATE jobs SET namespace = 'tenant' || floor(random() * 10) "
+                     "WHERE random() < 0.1")
     await db.execute("RESET session_replication_role")
     await db.execute("DELETE FROM job_counts")
     await db.execute("""

@@ -19,7 +19,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from shared.core.status import Status
 from shared.store.jobs import ACTIVITY_SUMS, ALL_NAMESPACES, _list_filter
 
 # Newest dead jobs the groups are built from; a queue holding more is summarised from its
@@ -169,8 +168,12 @@ async def dead_letter_groups(pool: Any, namespace: str | None = None,
     Read from the newest ``DEAD_SCAN_MAX`` dead jobs (the status index, newest first), so
     the cost is bounded however many there are; ``total`` comes from the exact counts.
     """
-    # Only the filters given, so that the planner picks the status (or namespace) index.
-    where, args = _list_filter(Status.FAILED, job_type, None, namespace)
+    # Only the filters given, so that the planner picks the status (or namespace) index;
+    # the status written out, not a parameter: a prepared statement's generic plan cannot
+    # use the partial indexes on status for "status = $1" (500 ms instead of 1 at a
+    # million jobs).
+    where, args = _list_filter(None, job_type, None, namespace)
+    where = f"{where} AND status = 'FAILED'" if where else "WHERE status = 'FAILED'"
     rows = await pool.fetch(
         f"""
         WITH dead AS (
