@@ -41,6 +41,11 @@ from shared.store.api_keys import ApiKeyStore
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# The paint entry is recorded asynchronously: wait for it (buffered: also if already there).
+FIRST_PAINT = """new Promise(resolve => new PerformanceObserver((list, observer) => {
+    const entry = list.getEntriesByName('first-contentful-paint')[0];
+    if (entry) { observer.disconnect(); resolve(entry.startTime); }
+}).observe({type: 'paint', buffered: true}))"""
 KEY = "ajs-console-credential"  # functions/api/console/assets/console.js
 FRAGMENTS = {"overview": {}, "jobs (first page)": {}, "jobs status=FAILED": {
     "status": "FAILED"}, "dead letters (grouped)": {}, "whoami": {}}
@@ -94,8 +99,7 @@ async def browser(base: str, key: str, times: int) -> dict[str, dict[str, float]
                     await page.goto(f"{base}/api/v1/console")
                     await page.get_by_role("heading", name="Jobs by state").wait_for()
                     shown = await page.evaluate("performance.now()")
-                    fcp = await page.evaluate(
-                        "performance.getEntriesByName('first-contentful-paint')[0].startTime")
+                    fcp = await page.evaluate(FIRST_PAINT)
                     paint.append(float(fcp))
                     data.append(float(shown))
                 finally:
