@@ -16,6 +16,7 @@ from typing import Annotated
 
 from fastapi import Query
 from fastapi.responses import Response
+from pydantic import BeforeValidator
 
 from functions.api.deps import decode_cursor, encode_cursor
 from shared.api_schemas import JobOut, JobSummary
@@ -41,10 +42,24 @@ Cursor = Annotated[str | None, Query(max_length=64,
 IdSearch = Annotated[str | None, Query(
     alias="id", min_length=4, max_length=36, pattern=r"^[0-9a-fA-F-]+$",
     description="A job id, or the first hex digits of one (at least 4; hyphens ignored).")]
-CreatedAfter = Annotated[datetime | None, Query(
+
+
+def _iso_only(value: object) -> object:
+    """A moment written as ISO-8601, never a number pydantic would read as seconds since
+    the epoch (``created_after=3.5e-176`` is a mistake, not 1970)."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("an ISO-8601 date-time, not a number")
+    return value
+
+
+CreatedAfter = Annotated[datetime | None, BeforeValidator(_iso_only), Query(
     description="Only jobs created at or after this moment (ISO-8601; without an offset: "
     "UTC).")]
-CreatedBefore = Annotated[datetime | None, Query(
+CreatedBefore = Annotated[datetime | None, BeforeValidator(_iso_only), Query(
     description="Only jobs created before this moment (ISO-8601; without an offset: UTC).")]
 
 # The moments a time filter may name: any job's creation lies between.
