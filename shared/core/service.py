@@ -142,7 +142,8 @@ class JobService:
 
     # --- create ---------------------------------------------------------------------------
 
-    def _prepare(self, spec: JobCreate, loc: list[str | int], now: datetime) -> NewJob:
+    def _prepare(self, spec: JobCreate, loc: list[str | int], now: datetime,
+                 namespace: str | None = None) -> NewJob:
         jt = self.registry.get(spec.job_type)
         if jt is None:
             raise ValidationFailed(
@@ -189,6 +190,7 @@ class JobService:
             queue=jt.queue,
             scheduled_at=spec.scheduled_at,
             status=status,
+            namespace=namespace,
         )
 
     async def create(self, spec: JobCreate, idempotency_key: str | None = None,
@@ -216,8 +218,8 @@ class JobService:
         now = datetime.now(UTC)
 
         def prepare() -> tuple[list[NewJob], str | None]:
-            return ([replace(self._prepare(s, ["body", "jobs", i] if batch else ["body"], now),
-                             namespace=namespace) for i, s in enumerate(specs)],
+            return ([self._prepare(s, ["body", "jobs", i] if batch else ["body"], now, namespace)
+                     for i, s in enumerate(specs)],
                     request_hash(specs, batch) if idempotency_key else None)
 
         # Payload models, the jsonb check and the hash are Python work per value: for a

@@ -68,6 +68,15 @@ INSERT_SQL = """
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, seq, created_at"""
 
+# One job: the same insert with scalar parameters. Arrays cost a single create more to encode
+# and to unnest than the row itself (bench/RESULTS.md, "Issue 12").
+INSERT_ONE_SQL = """
+    INSERT INTO jobs (id, queue, job_type, payload, priority, status, scheduled_at, run_at,
+                      max_retries, timeout_seconds, idempotency_key, request_hash, namespace)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, seq, created_at"""
+
 # The runs of recurring schedules: the unique key (schedule_id, fire_time) makes a fire
 # time that another pass already made a no-op, whatever the timing (exactly one job each).
 INSERT_RUNS_SQL = """
@@ -194,6 +203,8 @@ class JobStore:
         The database returns only what it made (id order, seq, created_at): the rest of
         each row is what we sent, which spares decoding every payload back.
         """
+        if len(jobs) == 1:
+            return await self._insert_one(jobs[0])
         ids = [uuid.uuid4() for _ in jobs]
         args = (
             ids,
@@ -222,6 +233,16 @@ class JobStore:
         by_id = {r["id"]: r for r in made}
         return [_new_row(i, job, by_id[i]) for i, job in zip(ids, jobs, strict=True)
                 if i in by_id]
+
+    async def _insert_one(self, job: NewJob) -> list[Row]:
+        """One job, one statement in its own implicit transaction: committed, or skipped for
+        an existing idempotency key (all or nothing holds trivially for one row)."""
+        job_id = uuid.uuid4()
+        made = await self.pool.fetchrow(
+            INSERT_ONE_SQL, job_id, job.queue, job.job_type, job.payload, job.priority,
+            job.status.value, job.scheduled_at, job.max_retries, job.timeout_seconds,
+            job.idempotency_key, job.request_hash, job.namespace)
+        return [] if made is None else [_new_row(job_id, job, made)]
 
     async def insert_runs(self, jobs: Sequence[NewJob]) -> list[Row]:
         """Insert schedule runs; those whose (schedule, fire time) exists are skipped."""
