@@ -105,7 +105,7 @@ class Worker:
         # Every attempt whose outcome is not yet committed (the heartbeat keeps their leases).
         self.running: dict[str, Attempt] = {}
         self.slots = Slots(settings.worker_concurrency)
-        self._claim_max = max(1, (settings.worker_concurrency + 1) // 2)
+        self._claim_max = settings.worker_concurrency
         self._settling = 0  # outcomes waiting for their commit
         self._starts: set[asyncio.Task[None]] = set()
         self._signal: asyncio.Future[bool] | None = None  # the idle wait's pending BLPOP
@@ -169,8 +169,11 @@ class Worker:
     async def _claim_loop(self) -> None:
         concurrency = self.settings.worker_concurrency
         while not self._stopping.is_set():
-            # At most half the slots per claim, so that one batch's settle overlaps the
-            # next batch's claim instead of the pool alternating between the two.
+            # Every free slot in one claim: with the start pipelined and each slot freed
+            # when its handler returns (before the settle), batches no longer alternate
+            # with their commits, and fewer, larger batches cost fewer round trips per job
+            # (drain at concurrency 10 in bench/RESULTS.md, issue 12: half the slots per
+            # claim, as before, drained slower and used more CPU).
             free = min(self.slots.free, self._claim_max)
             if free <= 0 or self._settling >= concurrency:
                 self.slots.freed.clear()
