@@ -115,34 +115,6 @@ def _list_filter(status: Status | None, job_type: str | None, before_seq: int | 
     return (f"WHERE {' AND '.join(where)}" if where else ""), args
 
 
-_LATE_RELEASES: set[asyncio.Future[None]] = set()  # kept referenced until they end
-
-
-def _commit_then_release(pool: asyncpg.Pool, conn: Any, tr: Any) -> asyncio.Task[None]:
-    """Commit an open transaction in a task and give its connection back, whatever
-    happens; also if the task is cancelled before its first step (a done-callback then
-    hands the connection back, and the pool rolls the transaction back)."""
-    released = False
-
-    async def commit() -> None:
-        nonlocal released
-        try:
-            await tr.commit()
-        finally:
-            released = True
-            await pool.release(conn)
-
-    def never_ran(task: asyncio.Task[None]) -> None:
-        if not released:
-            late = asyncio.ensure_future(pool.release(conn))
-            _LATE_RELEASES.add(late)
-            late.add_done_callback(_LATE_RELEASES.discard)
-
-    task = asyncio.create_task(commit(), name="start-commit")
-    task.add_done_callback(never_ran)
-    return task
-
-
 class _Incomplete(Exception):
     """Raised inside the insert transaction to roll it back."""
 
@@ -650,3 +622,31 @@ class JobStore:
 
     async def scheduled_waiting(self) -> int:
         return int((await self.stats())["by_status"][Status.PENDING])
+
+
+_LATE_RELEASES: set[asyncio.Future[None]] = set()  # kept referenced until they end
+
+
+def _commit_then_release(pool: asyncpg.Pool, conn: Any, tr: Any) -> asyncio.Task[None]:
+    """Commit an open transaction in a task and give its connection back, whatever
+    happens; also if the task is cancelled before its first step (a done-callback then
+    hands the connection back, and the pool rolls the transaction back)."""
+    released = False
+
+    async def commit() -> None:
+        nonlocal released
+        try:
+            await tr.commit()
+        finally:
+            released = True
+            await pool.release(conn)
+
+    def never_ran(task: asyncio.Task[None]) -> None:
+        if not released:
+            late = asyncio.ensure_future(pool.release(conn))
+            _LATE_RELEASES.add(late)
+            late.add_done_callback(_LATE_RELEASES.discard)
+
+    task = asyncio.create_task(commit(), name="start-commit")
+    task.add_done_callback(never_ran)
+    return task
