@@ -106,7 +106,6 @@ class Worker:
         self.running: dict[str, Attempt] = {}
         self.slots = Slots(settings.worker_concurrency)
         self._claim_max = settings.worker_concurrency
-        self._settling = 0  # outcomes waiting for their commit
         self._starts: set[asyncio.Task[None]] = set()
         self._signal: asyncio.Future[bool] | None = None  # the idle wait's pending BLPOP
         self.resources: dict[str, Any] = {}
@@ -167,7 +166,6 @@ class Worker:
                         extra={"error": repr(exc)})
 
     async def _claim_loop(self) -> None:
-        concurrency = self.settings.worker_concurrency
         while not self._stopping.is_set():
             # Every free slot in one claim: with the start pipelined and each slot freed
             # when its handler returns (before the settle), batches no longer alternate
@@ -175,7 +173,7 @@ class Worker:
             # (drain at concurrency 10 in bench/RESULTS.md, issue 12: half the slots per
             # claim, as before, drained slower and used more CPU).
             free = min(self.slots.free, self._claim_max)
-            if free <= 0 or self._settling >= concurrency:
+            if free <= 0:
                 self.slots.freed.clear()
                 await self._until_stopping(self.slots.freed.wait())
                 continue
