@@ -196,12 +196,7 @@ class Worker:
                 task = asyncio.create_task(self._start(claimed, hold))
                 self._starts.add(task)
                 task.add_done_callback(functools.partial(self._started, hold))
-                if len(claimed) >= free or self.queue.held:
-                    continue
-                # Fewer than asked and no limit held any back: nothing else is ready for
-                # us, so wait now instead of claiming again for nothing (one script run
-                # less per job at a low rate). A push meanwhile left its signal in the
-                # list: the wait returns at once.
+                continue
             idle = self.settings.idle_poll_seconds
             # +1 ms: Redis gives whole milliseconds; waking before the due time only to
             # find nothing due would claim again at once.

@@ -91,7 +91,7 @@ table.sort(candidates, function(a, b)
 end)
 local out = {}
 local deadline = now + lease_ms
-local taken, busy = 0, 0
+local taken = 0
 for i = 1, #candidates do
   if taken >= n then break end
   local c = candidates[i]
@@ -105,7 +105,6 @@ for i = 1, #candidates do
         redis.call('PEXPIRE', lock, lease_ms)
       else  -- an earlier holder's lock is still live: wait it out in the delayed set
         free = false
-        busy = busy + 1
         redis.call('ZREM', ready, id)
         redis.call('ZADD', KEYS[2], now + math.max(redis.call('PTTL', lock), 1) + 1, id)
         redis.call('HSET', KEYS[3], id, jtype .. '|' .. string.format('%.0f', score))
@@ -125,10 +124,8 @@ for i = 1, #candidates do
   end
 end
 
--- 4. Forget emptied types; if work is left that this claim did not take (its slots are
---    full, or locks still held by earlier holders crowded the candidates out), pass a
---    wake-up on: to another idle worker, or to this one, which waits after a claim that
---    got fewer jobs than it asked for.
+-- 4. Forget emptied types; if this worker's slots are full but work is left, pass the
+--    wake-up on to another idle worker.
 local more = false
 for _, jtype in ipairs(visit) do
   if redis.call('ZCARD', base .. ':ready:' .. jtype) == 0 then
@@ -137,7 +134,7 @@ for _, jtype in ipairs(visit) do
     more = true
   end
 end
-if more and (taken == n or busy > 0) then
+if more and taken == n then
   redis.call('RPUSH', KEYS[5], '1')
   redis.call('LTRIM', KEYS[5], -64, -1)
 end
