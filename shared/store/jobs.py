@@ -9,6 +9,7 @@ carry its fencing token (the attempt number) and match only while it is still cu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,13 @@ ACTIVITY_SUMS = """coalesce(sum(created), 0)::bigint AS created,
            AS cancelled"""
 ACTIVITY_KEPT = timedelta(days=2)
 ALL_NAMESPACES = "*"  # job_activity's rows of every namespace together
+
+# The start of attempts: the new attempt number (attempts + 1) is the fencing token.
+CLAIM_SQL = f"""
+    UPDATE jobs SET status = 'PROCESSING', attempts = attempts + 1, lease_owner = $2,
+           started_at = now(), updated_at = now(), run_at = NULL, status_reason = NULL
+    WHERE id = ANY($1::uuid[]) AND status = ANY('{{QUEUED,RETRYING}}')
+    RETURNING {CLAIM_COLUMNS}"""
 
 # Columns Redis needs to place a job (queue, type, ready score, due time).
 PLACE_COLUMNS = "id, queue, job_type, priority, seq, status, run_at"
@@ -620,15 +628,41 @@ class JobStore:
         """Start an attempt for each job still waiting: the new attempt number is the
         fencing token. Ids that come back missing were cancelled or are stale duplicates.
         """
-        return await self.pool.fetch(
-            f"""
-            UPDATE jobs SET status = 'PROCESSING', attempts = attempts + 1, lease_owner = $2,
-                   started_at = now(), updated_at = now(), run_at = NULL, status_reason = NULL
-            WHERE id = ANY($1::uuid[]) AND status = ANY('{{QUEUED,RETRYING}}')
-            RETURNING {CLAIM_COLUMNS}""",
-            list(job_ids),
-            worker,
-        )
+        return await self.pool.fetch(CLAIM_SQL, list(job_ids), worker)
+
+    async def claim_open(self, job_ids: Sequence[uuid.UUID | str], worker: str
+                         ) -> tuple[list[asyncpg.Record], asyncio.Task[None]]:
+        """:meth:`claim` without waiting for its commit: the rows as soon as the UPDATE
+        has run, and the commit in flight (a task; it raises if the commit fails).
+
+        ``BEGIN; UPDATE ... RETURNING`` runs first (two round trips, no disk flush): the
+        rows come back locked by our open transaction, so every decision the start makes
+        (cancelled meanwhile, stale duplicate) is already final. Only the commit, the
+        WAL flush that makes the new attempt number durable, is left; the caller may run
+        the attempt meanwhile but must write nothing under its token before the task
+        succeeds. On a store holding one connection (a transaction of the caller's), the
+        claim commits with that transaction and the task is done at once.
+        """
+        if not isinstance(self.pool, asyncpg.Pool):
+            rows = await self.claim(job_ids, worker)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return rows, asyncio.ensure_future(done)
+        pool = self.pool
+        conn = await pool.acquire()
+        try:
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                rows = await conn.fetch(CLAIM_SQL, list(job_ids), worker)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await tr.rollback()
+                raise
+        except BaseException:
+            await pool.release(conn)
+            raise
+        return rows, _commit_then_release(pool, conn, tr)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[asyncpg.Record]:
         """Write many attempts' outcomes in one statement (group commit).
@@ -713,3 +747,31 @@ class JobStore:
 
     async def scheduled_waiting(self) -> int:
         return int((await self.stats())["by_status"][Status.PENDING])
+
+
+_LATE_RELEASES: set[asyncio.Future[None]] = set()  # kept referenced until they end
+
+
+def _commit_then_release(pool: asyncpg.Pool, conn: Any, tr: Any) -> asyncio.Task[None]:
+    """Commit an open transaction in a task and give its connection back, whatever
+    happens; also if the task is cancelled before its first step (a done-callback then
+    hands the connection back, and the pool rolls the transaction back)."""
+    released = False
+
+    async def commit() -> None:
+        nonlocal released
+        try:
+            await tr.commit()
+        finally:
+            released = True
+            await pool.release(conn)
+
+    def never_ran(task: asyncio.Task[None]) -> None:
+        if not released:
+            late = asyncio.ensure_future(pool.release(conn))
+            _LATE_RELEASES.add(late)
+            late.add_done_callback(_LATE_RELEASES.discard)
+
+    task = asyncio.create_task(commit(), name="start-commit")
+    task.add_done_callback(never_ran)
+    return task
