@@ -18,7 +18,9 @@ from tests.support.registry_scope import scoped_registrations
 from tests.support.waits import eventually
 
 WORKERS = "/api/v1/workers"
-GATE = asyncio.Event()  # the "held" jobs run until the test opens it
+# The "held" jobs run until the test opens the gate. A new Event per test: an Event binds
+# to the event loop that first waits on it, and each test has its own loop.
+GATE: dict[str, asyncio.Event] = {}
 
 
 class Held(BaseModel):
@@ -27,17 +29,17 @@ class Held(BaseModel):
 
 async def held(payload: Held, ctx: JobContext) -> None:
     """Run until the test lets go: a job that stays running as long as it needs."""
-    await GATE.wait()
+    await GATE["open"].wait()
 
 
 @pytest.fixture(autouse=True)
 def held_type() -> Iterator[None]:
-    GATE.clear()
+    GATE["open"] = asyncio.Event()
     with scoped_registrations() as registry:
         registry.add(JobType("held", Held, held, concurrency_limit=2,
                              rate_limit=(100, 60.0)))
         yield
-    GATE.set()
+    GATE["open"].set()
 
 
 async def listing(api: Any) -> dict[str, Any]:
@@ -118,7 +120,7 @@ async def test_limits_show_what_each_limited_type_uses_now(api, start_worker):
     assert email["concurrency_limit"] is None and email["running"] is None
     assert email["started_in_window"] == 0
 
-    GATE.set()
+    GATE["open"].set()
 
     async def all_started_and_done() -> bool:
         lim = held_limit(await listing(api))
