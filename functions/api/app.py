@@ -57,7 +57,8 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     )
     app.state.settings = settings
     app.state.stores = stores
-    app.state.service = JobService(stores, registry)
+    # Concurrent single creates share a commit (group commit): see enqueue_coalescer.
+    app.state.service = JobService(stores, registry, coalesce_creates=True)
     errors.install(app)
     docs_pages.install(app, prefix)
     routers = (jobs.router, dead_letters.router, health.router, job_types.router,
