@@ -74,6 +74,7 @@ class Step:
     socket_errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     server_cpu_ms_per_request: float = 0.0
+    stores_cpu_ms_per_request: float = 0.0  # PostgreSQL + Redis processes
     busy_cores: float = 0.0
     load1: float = 0.0
 
@@ -148,6 +149,25 @@ def _rates(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _stores_cpu_s() -> float:
+    """CPU seconds of every PostgreSQL and Redis server process on the box (other users'
+    sessions included: on a shared box, read it with the load beside it)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        if name.startswith(("postgres", "redis-server")):
+            fields = text.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _busy_s() -> float:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:9]]
@@ -211,16 +231,20 @@ async def one_step(a: argparse.Namespace, bed: Testbed, server: ApiServer, key: 
     step = Step(root, jobs, rate, a.seconds, load1=load1())
     out = os.path.join(a.out, f"wrk-{root}-{jobs}x{rate:g}-{n}.txt")
     cpu0, busy0, t0 = process_cpu_s(server.pid), _busy_s(), time.monotonic()
+    stores0 = _stores_cpu_s()
     await run_wrk(a, server.base_url, key, rate, jobs, out)
     cpu, busy, took = process_cpu_s(server.pid) - cpu0, _busy_s() - busy0, time.monotonic() - t0
+    stores = _stores_cpu_s() - stores0
     requests = read_samples(step, out, a.warmup)
     step.server_cpu_ms_per_request = round(1000 * cpu / max(requests, 1), 3)
+    step.stores_cpu_ms_per_request = round(1000 * stores / max(requests, 1), 3)
     step.busy_cores = round(busy / took, 2)
     s = step.summary()
     print(f"  {root:>8} {jobs:>4} x {rate:>6g}/s: achieved {s['achieved']:>7.1f}/s  "
           f"p50 {s['p50']:7.1f}  p90 {s['p90']:7.1f}  p99 {s['p99']:7.1f}  "
           f"max {s['max']:7.1f} ms  errors {s['errors']}  server CPU "
-          f"{step.server_cpu_ms_per_request:.3f} ms/req  box {step.busy_cores} cores  "
+          f"{step.server_cpu_ms_per_request:.3f} ms/req  stores CPU "
+          f"{step.stores_cpu_ms_per_request:.3f} ms/req  box {step.busy_cores} cores  "
           f"load {step.load1}", flush=True)
     return step
 
@@ -236,7 +260,8 @@ def median_of(steps: Sequence[Step]) -> dict[str, Any]:
             "rate": steps[0].rate, "achieved": med("achieved"), "p50": med("p50"),
             "p90": med("p90"), "p99": med("p99"), "max": med("max"),
             "errors": sum(s["errors"] for s in summaries),
-            "cpu": med("server_cpu_ms_per_request"), "busy": med("busy_cores"),
+            "cpu": med("server_cpu_ms_per_request"),
+            "stores_cpu": med("stores_cpu_ms_per_request"), "busy": med("busy_cores"),
             "load1": med("load1"), "runs": len(steps),
             "ok": sum(s["ok"] for s in summaries) * 2 > len(summaries)}
 
@@ -257,8 +282,8 @@ def render(a: argparse.Namespace, steps: list[Step], header: list[str]) -> str:
         lines += ["", f"{what} (latency ms from the scheduled send; medians of "
                   f"{a.repeats} run(s)):", "",
                   "| code | rate/s | achieved/s | jobs/s | p50 | p90 | p99 | max | errors "
-                  "| API CPU ms/req | box busy (cores) | load1 |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| API CPU ms/req | PG+Redis CPU ms/req | box busy (cores) | load1 |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         ordered = sorted((r for r in rows if r["jobs_per_request"] == jobs),
                          key=lambda r: (r["rate"], [n for n, _ in a.roots].index(r["root"])))
         for r in ordered:
@@ -266,7 +291,8 @@ def render(a: argparse.Namespace, steps: list[Step], header: list[str]) -> str:
             lines.append(f"| {r['root']} | {r['rate']:,g} | {_f(r['achieved'])} "
                          f"| {_f(r['achieved'] * jobs, 0)} | {_f(r['p50'])} | {_f(r['p90'])} "
                          f"| {_f(r['p99'])}{mark} | {_f(r['max'])} | {r['errors']} "
-                         f"| {r['cpu']:.3f} | {r['busy']} | {r['load1']} |")
+                         f"| {r['cpu']:.3f} | {r['stores_cpu']:.3f} | {r['busy']} "
+                         f"| {r['load1']} |")
         lines.append("")
         for name, _ in a.roots:
             good = [r["rate"] for r in rows if r["root"] == name
