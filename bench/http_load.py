@@ -39,6 +39,7 @@ from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from bench import hotspots
 from bench.api_server import ApiServer
@@ -74,7 +75,7 @@ class Step:
     socket_errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     server_cpu_ms_per_request: float = 0.0
-    stores_cpu_ms_per_request: float = 0.0  # PostgreSQL + Redis processes
+    stores_cpu_ms_per_request: float = 0.0  # our PostgreSQL backends, WAL writer, Redis
     busy_cores: float = 0.0
     load1: float = 0.0
 
@@ -149,23 +150,30 @@ def _rates(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def _stores_cpu_s() -> float:
-    """CPU seconds of every PostgreSQL and Redis server process on the box (other users'
-    sessions included: on a shared box, read it with the load beside it)."""
-    total = 0
+def _stores_cpu(database: str) -> dict[int, float]:
+    """CPU seconds, by process, of this benchmark's PostgreSQL backends (those on its
+    database), PostgreSQL's WAL writer, and Redis. Other sessions on the shared servers
+    are left out as far as a process can tell (Redis serves everyone in one process)."""
+    out: dict[int, float] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
             with open(f"/proc/{pid}/stat") as f:
-                text = f.read()
+                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        if name.startswith(("postgres", "redis-server")):
-            fields = text.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        if ((cmd.startswith("postgres: ") and (f" {database} " in cmd or "walwriter" in cmd))
+                or cmd.startswith("redis-server")):
+            out[int(pid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU spent between two readings by the processes alive at both (and new ones)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
 def _busy_s() -> float:
@@ -231,10 +239,11 @@ async def one_step(a: argparse.Namespace, bed: Testbed, server: ApiServer, key: 
     step = Step(root, jobs, rate, a.seconds, load1=load1())
     out = os.path.join(a.out, f"wrk-{root}-{jobs}x{rate:g}-{n}.txt")
     cpu0, busy0, t0 = process_cpu_s(server.pid), _busy_s(), time.monotonic()
-    stores0 = _stores_cpu_s()
+    database = urlsplit(bed.target.database_url).path.lstrip("/")
+    stores0 = _stores_cpu(database)
     await run_wrk(a, server.base_url, key, rate, jobs, out)
     cpu, busy, took = process_cpu_s(server.pid) - cpu0, _busy_s() - busy0, time.monotonic() - t0
-    stores = _stores_cpu_s() - stores0
+    stores = _spent(stores0, _stores_cpu(database))
     requests = read_samples(step, out, a.warmup)
     step.server_cpu_ms_per_request = round(1000 * cpu / max(requests, 1), 3)
     step.stores_cpu_ms_per_request = round(1000 * stores / max(requests, 1), 3)
