@@ -270,8 +270,9 @@ def median_of(steps: Sequence[Step]) -> dict[str, Any]:
             "p90": med("p90"), "p99": med("p99"), "max": med("max"),
             "errors": sum(s["errors"] for s in summaries),
             "cpu": med("server_cpu_ms_per_request"),
-            "stores_cpu": med("stores_cpu_ms_per_request"), "busy": med("busy_cores"),
-            "load1": med("load1"), "runs": len(steps),
+            "stores_cpu": med("stores_cpu_ms_per_request"),
+            "busy": round(med("busy_cores"), 2), "load1": round(med("load1"), 2),
+            "runs": len(steps),
             "ok": sum(s["ok"] for s in summaries) * 2 > len(summaries)}
 
 
