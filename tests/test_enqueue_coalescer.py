@@ -17,6 +17,7 @@ from shared.core.enqueue_coalescer import EnqueueCoalescer
 from shared.core.lifecycle import Lifecycle
 from shared.core.service import JobService
 from shared.registry import Registry
+from shared.settings import Settings
 from shared.store.jobs import NewJob, Row
 from tests.support.waits import eventually
 
@@ -114,3 +115,42 @@ async def test_the_service_coalesces_only_plain_single_creates(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_a_loop_dropped_mid_flush_does_not_wedge_the_next_one(settings: Settings) -> None:
+    """A flush left in flight on an event loop that is dropped (closed without finishing
+    its tasks): creates on the next loop must still flush, not wait for it forever."""
+    second: list[Stores] = []
+
+    async def enqueue(jobs: Sequence[NewJob]) -> list[Row]:
+        if not second:  # on the dropped loop: never returns
+            await asyncio.Event().wait()
+        stores = second[0]
+        return await Lifecycle(await stores.store(), stores.queue).enqueue(jobs)
+
+    coalescer = EnqueueCoalescer(enqueue, max_in_flight=1)
+
+    async def stuck_in_flight() -> None:
+        asyncio.get_running_loop().create_task(coalescer.enqueue(job("first loop")))
+        for _ in range(100):  # a few turns of the loop: queued, flushed, in flight
+            if coalescer._in_flight:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("the first flush never started")
+
+    dropped = asyncio.new_event_loop()
+    try:
+        dropped.run_until_complete(stuck_in_flight())
+    finally:
+        dropped.close()
+
+    async def later() -> str:
+        stores = Stores(settings)
+        second.append(stores)
+        try:
+            row = await asyncio.wait_for(coalescer.enqueue(job("second loop")), 10)
+            return str(row["payload"]["tag"])
+        finally:
+            await stores.close()
+
+    assert asyncio.run(later()) == "second loop"

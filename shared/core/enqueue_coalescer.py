@@ -52,14 +52,27 @@ class EnqueueCoalescer:
         self._in_flight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()  # strong references until done
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def enqueue(self, job: NewJob) -> Row:
         """Commit and push ``job`` (possibly with others); its row once committed."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._adopt(loop)
         done: asyncio.Future[Row] = loop.create_future()
         self._waiting.append((job, done))
         self._kick(loop)
         return await done
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start afresh on another event loop. A loop dropped without running its callbacks
+        (a caller's own ``run_until_complete``, a test's loop) would otherwise leave a
+        flush marked scheduled or in flight forever, and every later create waiting."""
+        self._loop = loop
+        self._waiting = [w for w in self._waiting if w[1].get_loop() is loop]
+        self._in_flight = 0
+        self._scheduled = False
+        self._tasks = set()
 
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         # call_soon, not a flush now: the other requests read in this turn of the loop
@@ -81,11 +94,13 @@ class EnqueueCoalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[NewJob, asyncio.Future[Row]]]) -> None:
+        loop = asyncio.get_running_loop()
         try:
             await self._settle(batch)
         finally:
-            self._in_flight -= 1
-            self._kick(asyncio.get_running_loop())
+            if loop is self._loop:  # else _adopt has already started afresh elsewhere
+                self._in_flight -= 1
+                self._kick(loop)
 
     async def _settle(self, batch: list[tuple[NewJob, asyncio.Future[Row]]]) -> None:
         try:
@@ -98,6 +113,8 @@ class EnqueueCoalescer:
                 return
             await asyncio.gather(*(self._settle([one]) for one in batch))
             return
+        except GeneratorExit:  # the coroutine is closed with its loop: nobody to answer
+            raise
         except BaseException as exc:  # connection lost, cancelled: unknown, fail them all
             for _, done in batch:
                 _fail(done, exc)
