@@ -142,7 +142,7 @@ def test_a_loop_dropped_mid_flush_does_not_wedge_the_next_one(settings: Settings
     try:
         dropped.run_until_complete(stuck_in_flight())
     finally:
-        dropped.close()
+        dropped.close()  # its pending tasks are dropped with it (asyncio logs them, as expected)
 
     async def later() -> str:
         stores = Stores(settings)

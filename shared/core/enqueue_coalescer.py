@@ -13,11 +13,12 @@ What each caller still gets:
 
 - its own row, and only once the commit that holds its job is done (and the push tried:
   ``Lifecycle.enqueue`` marks jobs PENDING where Redis refused, as for any create);
-- its own error: when a shared statement fails on the server (nothing of it committed, as
-  one autocommitted statement), every job of it is retried alone, so one bad job fails one
-  request. A lost connection fails the whole flush without a retry: the commit may have
-  happened, and a retry could make a second job the client never asked for (a single
-  create answers a 500 in that case too);
+- its own error: when PostgreSQL refuses a shared statement for a row it holds (a bad
+  value, a constraint: nothing of it committed), every job of it is retried alone, so one
+  bad job fails one request. Any other failure (a lost connection, a server shutting down
+  mid-statement) fails the whole flush without a retry: the commit may have happened, and
+  a retry could make a second job the client never asked for (a single create answers a
+  500 in that case too);
 - cancellation: a caller that gives up before its flush starts takes its job out; once
   the flush started, the job is committed as if the caller had waited (as a single create
   whose client hangs up mid-INSERT).
@@ -35,6 +36,12 @@ import asyncpg
 from shared.store.jobs import NewJob, Row
 
 Enqueue = Callable[[Sequence[NewJob]], Awaitable[list[Row]]]
+
+# Errors about the rows themselves (bad value, constraint, size limit): the statement was
+# refused before anything committed. Any other failure (connection lost, the server shut
+# down mid-statement, cancelled) may have come after the commit, so it is not retried.
+REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+           asyncpg.ProgramLimitExceededError)
 
 MAX_BATCH = 200  # jobs per statement: bounds one flush's time and the event loop's work
 MAX_IN_FLIGHT = 2  # flushes at once; more waiting jobs join the next one
@@ -105,9 +112,9 @@ class EnqueueCoalescer:
     async def _settle(self, batch: list[tuple[NewJob, asyncio.Future[Row]]]) -> None:
         try:
             rows = await self._enqueue([job for job, _ in batch])
-        except asyncpg.PostgresError as exc:
-            # The server refused the statement: nothing of it is committed. Alone, only
-            # the job(s) that caused it fail.
+        except REFUSED as exc:
+            # The server refused the statement for what it holds: nothing of it is
+            # committed. Alone, only the job(s) that caused it fail.
             if len(batch) == 1:
                 _fail(batch[0][1], exc)
                 return
