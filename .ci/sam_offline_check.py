@@ -38,6 +38,11 @@ BASE = {"WorkerImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/ajs-work
         "DatabaseUrlSecretArn":
             "arn:aws:secretsmanager:us-east-1:123456789012:secret:ajs/db-AbCdEf",
         "RedisUrlParameterName": "/ajs/redis-url"}
+# The console's public paths (functions/api/console/pages.py); nothing else under
+# /api/v1/console may skip the authorizer.
+CONSOLE_SHELLS = {"/api/v1/console", "/api/v1/console/sign-in", "/api/v1/console/jobs",
+                  "/api/v1/console/jobs/{job_id}", "/api/v1/console/dead-letters",
+                  "/api/v1/console/schedules", "/api/v1/console/assets/{name}"}
 MODES = {
     "AWS_IAM": {},
     "JWT": {"AuthorizationType": "JWT", "JwtIssuer": "https://issuer.example.com/",
@@ -118,6 +123,12 @@ def check_mode(source: dict[str, Any], mode: str, given: dict[str, str]) -> None
     health = body["paths"]["/api/v1/health"]["get"]
     schemes = body["components"]["securitySchemes"]
     assert health["security"] == [], health
+    # The console's shell pages and assets are open (no data); its fragments are not.
+    console = {path: ops["get"] for path, ops in body["paths"].items()
+               if path.startswith("/api/v1/console")}
+    assert set(console) == CONSOLE_SHELLS, sorted(console)
+    for path, op in console.items():
+        assert op["security"] == [] and "x-amazon-apigateway-integration" in op, path
     assert "x-amazon-apigateway-integration" in proxy and "x-amazon-apigateway-integration" \
         in health, "SAM did not attach the Lambda integration"
     if mode == "JWT":
@@ -164,6 +175,8 @@ def check_routes(mode: str, given: dict[str, str]) -> None:
     any_method = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
     assert ("/{proxy+}", any_method, "ApiFunction") in routes, routes
     assert ("/api/v1/health", ("GET",), "ApiFunction") in routes, routes
+    for path in CONSOLE_SHELLS:
+        assert (path, ("GET",), "ApiFunction") in routes, (path, routes)
     print(f"sam local start-api routes ok ({mode}): {sorted(r[0] for r in routes)}")
 
 

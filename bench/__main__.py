@@ -53,9 +53,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--http-n", type=int, help="jobs for one-at-a-time HTTP (N); 0 skips HTTP")
     ap.add_argument("--conc", default="10,100", help="drain concurrencies ('' skips drains)")
     ap.add_argument("--skip", default="", help="comma list of steps to leave out: single, "
-                    "batch, http, latency (a drain then fills its queue untimed)")
-    ap.add_argument("--rate", type=float, default=200.0, help="latency step: jobs/s")
-    ap.add_argument("--seconds", type=float, help="latency step: duration (15; 0 skips)")
+                    "batch, http, latency, scheduled (a drain then fills its queue untimed)")
+    ap.add_argument("--rate", type=float, default=200.0, help="latency and scheduled steps: jobs/s")
+    ap.add_argument("--seconds", type=float,
+                    help="latency and scheduled steps: duration (15; 0 skips)")
     default_db = with_database(os.environ.get(
         "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"), "ajs_bench")
     ap.add_argument("--database-url", default=default_db)

@@ -30,7 +30,9 @@ from typing import IO, Any
 from bench.counters import peak_rss_mb, process_cpu_s
 from bench.testbed import ROOT, Target
 
-WORKER = [sys.executable, "-m", "worker"]
+# As the worker image runs it (worker/Dockerfile): -OO drops docstrings, 2.4 MB of a
+# worker's resident memory that it never reads (bench/RESULTS.md, "Issue 12").
+WORKER = [sys.executable, "-OO", "-m", "worker"]
 
 
 @dataclass

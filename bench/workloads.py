@@ -12,6 +12,9 @@
 - pickup latency: a warmed-up worker (concurrency 10); jobs enqueued open-loop at RATE/s
   for SECONDS s through the library; latency = the job's start time minus the client's
   ``time.time()`` right before the enqueue call (so it includes the enqueue's commit).
+- scheduled lateness: RATE*SECONDS jobs made ahead of time with ``scheduled_at`` spread so
+  that RATE/s fall due, run by a warmed-up worker (concurrency 10); lateness = the job's
+  start time minus its ``scheduled_at``.
 
 Every step starts from wiped stores and ends with its cost: commits, Redis commands and
 CPU (see :mod:`bench.counters`).
@@ -26,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import httpx
@@ -54,7 +58,7 @@ class Plan:
     seconds: float = 15.0
     drain_timeout: float = 300.0
     profile_dir: str | None = None  # py-spy the drain workers, raw stacks go here
-    skip: frozenset[str] = frozenset()  # of: single, batch, http, latency
+    skip: frozenset[str] = frozenset()  # of: single, batch, http, latency, scheduled
 
 
 def spec(t_enq: float) -> JobCreate:
@@ -250,6 +254,7 @@ class Bench:
                         await service.create(spec(-1.0))
                 await asyncio.sleep(0.5)
                 behind = 0.0
+                enqueue: list[float] = []  # each create's own duration (its commit): ms
                 t0 = time.monotonic()
                 for i in range(total):
                     delay = t0 + i / rate - time.monotonic()
@@ -257,7 +262,9 @@ class Bench:
                         await asyncio.sleep(delay)
                     else:
                         behind = max(behind, -delay)
-                    await service.create(spec(time.time()))
+                    t_enq = time.time()
+                    await service.create(spec(t_enq))
+                    enqueue.append((time.time() - t_enq) * 1000)
                 sent_s = time.monotonic() - t0
             await w.wait_for("done", 60)
             lat = sorted(x * 1000 for x in w.latencies())
@@ -267,6 +274,50 @@ class Bench:
                 "p99_ms": round(pct(lat, 99), 2), "max_ms": round(lat[-1], 2),
                 "mean_ms": round(sum(lat) / len(lat), 2),
                 "achieved_rate": round(total / sent_s, 1), "max_behind_ms": round(behind * 1000, 1),
+                # The part of the pickup spent in the enqueue call itself (the client's
+                # INSERT commit and Redis push): the worker's share is the rest.
+                "enqueue_p50_ms": round(pct(sorted(enqueue), 50), 2),
+                "enqueue_p99_ms": round(pct(sorted(enqueue), 99), 2),
+                "enqueue_max_ms": round(max(enqueue), 2),
+                "rss_mb": ended.rss_mb, "worker_cpu_s": ended.cpu_s}
+
+    # --- scheduled jobs ------------------------------------------------------------------------
+
+    async def scheduled(self) -> dict[str, Any]:
+        """Jobs due at RATE/s for SECONDS s, made ahead of time (in batches, within the
+        lookahead, so they wait in Redis's delayed set as scheduled jobs do); lateness =
+        the handler's start minus the job's ``scheduled_at`` (the payload's ``t_enq``)."""
+        rate, seconds = self.plan.rate, self.plan.seconds
+        total = int(rate * seconds)
+        w = WorkerProcess(self.target, 10, total, "latency", self.log)
+        try:
+            async with self.client() as service:
+                deadline = time.monotonic() + 60
+                while True:  # probes until the worker has run one
+                    try:
+                        await w.wait_for("ready", 0.1)
+                        break
+                    except TimeoutError:
+                        if time.monotonic() > deadline:
+                            raise
+                        await service.create(spec(-1.0))
+                # Due from 2 s from now: every job is made before the first falls due.
+                first = time.time() + 2.0
+                due = [first + i / rate for i in range(total)]
+                for at in range(0, total, CHUNK):
+                    await service.create_many([
+                        JobCreate(job_type=NOOP, payload={"t_enq": t},
+                                  scheduled_at=datetime.fromtimestamp(t, UTC))
+                        for t in due[at:at + CHUNK]])
+                made_s = time.time() - (first - 2.0)
+            await w.wait_for("done", seconds + 60)
+            late = sorted(x * 1000 for x in w.latencies())
+        finally:
+            ended = await w.stop()
+        return {"n": len(late), "p50_ms": round(pct(late, 50), 2),
+                "p95_ms": round(pct(late, 95), 2), "p99_ms": round(pct(late, 99), 2),
+                "max_ms": round(late[-1], 2), "min_ms": round(late[0], 2),
+                "rate": rate, "made_in_s": round(made_s, 2),
                 "rss_mb": ended.rss_mb, "worker_cpu_s": ended.cpu_s}
 
     # --- the whole sequence ----------------------------------------------------------------------
@@ -301,6 +352,10 @@ class Bench:
             await bed.wipe()
             total = int(p.rate * p.seconds)
             await self.measured("latency", total, self.latency)
+        if "scheduled" not in p.skip and p.seconds > 0:
+            await bed.wipe()
+            total = int(p.rate * p.seconds)
+            await self.measured("scheduled", total, self.scheduled)
         await bed.wipe()
         runs = [v for v in self.results.values() if "rss_mb" in v]
         self.results["peak_rss_mb"] = max((v["rss_mb"] for v in runs), default=None)

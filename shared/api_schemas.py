@@ -163,11 +163,31 @@ class Stats(BaseModel):
     dead_letter_size: int
 
 
+REDRIVE_IDS_MAX = 500
+
+
 class RedriveRequest(BaseModel):
+    """Which dead jobs to redrive: all (no body or ``{}``), those of one type, a selection
+    of ids, or the ids of the selection that are of the type."""
+
     model_config = ConfigDict(extra="forbid")
 
     job_type: str | None = Field(None, max_length=100, pattern=NAME_PATTERN,
                                  description="Only dead jobs of this type.")
+    ids: list[uuid.UUID] | None = Field(
+        None, min_length=1, max_length=REDRIVE_IDS_MAX,
+        description=f"Only these jobs (1 to {REDRIVE_IDS_MAX}; repeats count once). An id "
+        "that is not dead, not the caller's or (with job_type) of another type is reported "
+        "in `skipped`.")
+
+
+class RedriveResult(BaseModel):
+    count: int = Field(description="Jobs redriven.")
+    redriven: list[uuid.UUID] | None = Field(
+        None, description="With `ids`: the jobs redriven (absent for the other forms).")
+    skipped: list[uuid.UUID] | None = Field(
+        None, description="With `ids`: those not redriven: not dead, unknown, or in "
+        "another namespace (absent for the other forms).")
 
 
 class CountResult(BaseModel):

@@ -8,6 +8,7 @@ Mangum runs on every invocation.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 
@@ -20,10 +21,13 @@ from shared.store.pool import create_pool
 
 class Stores:
     def __init__(self, settings: Settings, *, redis_max_connections: int | None = None,
-                 redis_pool_timeout: float = 5.0) -> None:
+                 redis_pool_timeout: float = 5.0,
+                 pool_options: dict[str, Any] | None = None) -> None:
         """``redis_max_connections`` bounds the shared Redis client's pool (the API sets
-        it); None keeps redis-py's default."""
+        it); None keeps redis-py's default. ``pool_options`` override asyncpg's pool
+        options (the worker keeps its connections open: see ``worker.pool``)."""
         self.settings = settings
+        self._pool_options = pool_options or {}
         self._redis_limit = (redis_max_connections, redis_pool_timeout)
         self._pool: asyncpg.Pool | None = None
         self._redis: RedisClient | None = None
@@ -35,7 +39,7 @@ class Stores:
         if self._pool is None:
             async with self._opening:
                 if self._pool is None:
-                    self._pool = await create_pool(self.settings)
+                    self._pool = await create_pool(self.settings, **self._pool_options)
         return self._pool
 
     async def store(self) -> JobStore:

@@ -56,6 +56,19 @@ class Forbidden(UserError):
         self.headers = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'}
 
 
+class OtherNamespace(UserError):
+    """A credential bound to a namespace asked for another one's jobs."""
+
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, mine: str, asked: str) -> None:
+        super().__init__(f"this credential is bound to the namespace {mine!r}; it cannot "
+                         f"read {asked!r}",
+                         [{"loc": ["query", "namespace"], "msg": f"only {mine!r}",
+                           "type": "other_namespace"}])
+
+
 class NotFound(UserError):
     status = 404
     code = "not_found"

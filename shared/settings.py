@@ -36,7 +36,8 @@ class Settings(BaseSettings):
         description="PostgreSQL, the source of truth.",
     )
     db_schema: str = Field("public", description="PostgreSQL schema holding the tables.")
-    db_pool_min: int = Field(1, description="Connections a pool keeps open.")
+    db_pool_min: int = Field(1, description="Connections a pool keeps open (a worker opens "
+                             "and keeps all of db_pool_max before its first claim).")
     db_pool_max: int = Field(10, description="Lambda containers use 1: one connection each.")
     db_statement_cache_size: int = Field(
         100, description="Prepared statements cached per connection (0 turns it off)."

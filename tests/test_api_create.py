@@ -392,8 +392,12 @@ async def test_batch_of_1000_is_one_insert_and_one_redis_command(settings: Setti
     app = create_app(settings.model_copy(update={"db_pool_max": 1, "db_pool_min": 1}))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
                                  headers=await admin_headers(settings)) as client:
-        # Warm up: open the pool and the Redis connection, load the push script.
+        # Warm up: open the pool and the Redis connection, load the push script, and let
+        # asyncpg learn the batch statement's array types (a single create has its own
+        # one-row statement).
         assert (await client.post(JOBS, json={"job_type": "noop"})).status_code == 201
+        warm = {"jobs": [{"job_type": "noop"}, {"job_type": "noop"}]}
+        assert (await client.post(BATCH, json=warm)).status_code == 201
         statements: list[str] = []
         pool = await app.state.stores.pool()
         async with pool.acquire() as conn:
@@ -415,9 +419,42 @@ async def test_batch_of_1000_is_one_insert_and_one_redis_command(settings: Setti
     sent = [c["command"].split()[0].upper() for c in commands
             if (c["client_address"], c["client_port"]) in mine]
     assert sent == ["EVALSHA"]
-    assert await job_count(db) == 1001
+    assert await job_count(db) == 1003
     state = await redis_state(namespace)
-    assert len(state[f"{{{namespace}:default}}:ready:noop"]) == 1001
+    assert len(state[f"{{{namespace}:default}}:ready:noop"]) == 1003
+
+
+async def test_a_create_is_one_statement_and_one_redis_command(settings: Settings, db,
+                                                              namespace):
+    """One create, one round trip to each store: a single INSERT in its own implicit
+    transaction (no BEGIN/COMMIT around it), then the push script."""
+    from functions.api.app import create_app
+
+    app = create_app(settings.model_copy(update={"db_pool_max": 1, "db_pool_min": 1}))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
+                                 headers=await admin_headers(settings)) as client:
+        assert (await client.post(JOBS, json={"job_type": "noop"})).status_code == 201
+        statements: list[str] = []
+        pool = await app.state.stores.pool()
+        async with pool.acquire() as conn:
+            reset_query = conn.get_reset_query()
+            conn.add_query_logger(lambda q: statements.append(q.query))
+        async with RedisMonitor() as commands:
+            resp = await client.post(JOBS, json={"job_type": "noop", "payload": {"n": 1}})
+        assert resp.status_code == 201, resp.text[:300]
+        await app.state.stores.close()
+
+    ours = [q for q in statements if q != reset_query]
+    assert len(ours) == 1, ours
+    assert ours[0].lstrip().startswith("INSERT INTO jobs")
+    mine = {(c["client_address"], c["client_port"]) for c in commands
+            if namespace in c["command"] and c["client_type"] != "lua"}
+    sent = [c["command"].split()[0].upper() for c in commands
+            if (c["client_address"], c["client_port"]) in mine]
+    assert sent == ["EVALSHA"]
+    assert await job_count(db) == 2
+    state = await redis_state(namespace)
+    assert resp.json()["id"] in dict(state[f"{{{namespace}:default}}:ready:noop"])
 
 
 async def test_batch_replay_returns_the_same_jobs_and_a_changed_batch_is_409(api, db,

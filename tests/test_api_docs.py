@@ -26,6 +26,8 @@ ROUTES = {
     ("POST", "/api/v1/schedules"), ("GET", "/api/v1/schedules"),
     ("GET", "/api/v1/schedules/{schedule_id}"), ("PATCH", "/api/v1/schedules/{schedule_id}"),
     ("DELETE", "/api/v1/schedules/{schedule_id}"),
+    ("GET", "/api/v1/jobs/activity"), ("GET", "/api/v1/workers"),
+    ("GET", "/api/v1/dead-letters/groups"),
 }
 
 
@@ -95,7 +97,7 @@ async def test_unknown_docs_asset_is_a_plain_404(api):
 
 
 async def test_openapi_lists_every_route(api, settings: Settings):
-    from functions.api import dead_letters, health, job_types, jobs, schedules
+    from functions.api import dead_letters, health, job_types, jobs, schedules, workers
 
     resp = await api.get(f"{API}/openapi.json")
     assert resp.status_code == 200
@@ -104,7 +106,7 @@ async def test_openapi_lists_every_route(api, settings: Settings):
     assert documented(schema) == ROUTES  # a new route belongs in ROUTES (and its tests)
     # Every public route the routers declare, read from the routers themselves.
     declared = {(m, settings.api_prefix + r.path_format)
-                for module in (jobs, dead_letters, health, job_types, schedules)
+                for module in (jobs, dead_letters, health, job_types, schedules, workers)
                 for r in module.router.routes
                 if isinstance(r, APIRoute) and r.include_in_schema for m in r.methods}
     assert declared == ROUTES

@@ -115,7 +115,8 @@ def test_image_runs_the_worker_as_pid_1_and_not_as_root() -> None:
     text = DOCKERFILE.read_text()
     final_stage = text.rsplit("\nFROM ", 1)[1]
     cmd = re.findall(r"^CMD (.*)$", final_stage, re.MULTILINE)
-    assert cmd and json.loads(cmd[-1]) == ["python", "-m", "worker"]  # exec form: no shell
+    # Exec form (no shell); -OO: no docstrings, a smaller worker (the test below runs it so)
+    assert cmd and json.loads(cmd[-1]) == ["python", "-OO", "-m", "worker"]
     assert "ENTRYPOINT" not in final_stage
     user = re.findall(r"^USER (\S+)", final_stage, re.MULTILINE)
     assert user and user[-1].split(":")[0] not in ("root", "0")
@@ -140,7 +141,7 @@ async def _run(command: list[str], env: dict[str, str]) -> int:
 async def test_health_checks_answer_from_a_real_worker_that_stops_on_sigterm(
         spawn: Any) -> None:
     port = free_port()
-    proc = await spawn("-m", "worker", probe_port=port, probe_host="127.0.0.1")
+    proc = await spawn("-OO", "-m", "worker", probe_port=port, probe_host="127.0.0.1")
 
     def healthy() -> bool:
         try:

@@ -257,3 +257,24 @@ def test_jwt_claims_decide_scope_and_namespace(container: Container) -> None:
     unauthenticated = container.invoke(bare)
     assert unauthenticated["statusCode"] == 401
     assert unauthenticated["headers"]["www-authenticate"] == "Bearer"
+
+
+def test_the_console_page_answers_without_an_authorizer_and_its_data_needs_one(
+        container: Container) -> None:
+    """The console's shell is open (API Gateway runs no authorizer on it); its data comes
+    through the authorizer like any API route."""
+    page = container.invoke(event("console_page"))
+    assert page["statusCode"] == 200, page
+    assert page["headers"]["content-type"].startswith("text/html")
+    html = page["body"]
+    assert 'src="console/assets/console.js?v=' in html and "data-fragment" in html
+    created = container.invoke(event("create_job"))
+    assert created["statusCode"] in (200, 201), created
+    overview = event("console_page", **{"/console": "/console/fragments/overview"})
+    overview["requestContext"]["authorizer"] = {"jwt": {
+        "claims": {"sub": "on-call", "scope": "jobs:read"}, "scopes": None}}
+    fragment = container.invoke(overview)
+    assert fragment["statusCode"] == 200, fragment
+    assert "Jobs by state" in fragment["body"] and "noop" in fragment["body"]
+    bare = event("console_page", **{"/console": "/console/fragments/overview"})
+    assert container.invoke(bare)["statusCode"] == 401

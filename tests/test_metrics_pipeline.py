@@ -178,8 +178,10 @@ async def test_dashboard_and_alert_queries_agree_with_postgres(
                 and requests.get("") == stack.requests)
 
     await eventually(prometheus_caught_up, timeout=20, what="Prometheus caught up")
+    # The latest scrape of any group: the API's counters come with the scheduler's group,
+    # which can be scraped after the worker's (a loaded machine showed 20 of 21 requests).
     (at,) = (await stack.prom.values(
-        stack.client, 'max(timestamp(push_time_seconds{job="ajs_worker"}))')).values()
+        stack.client, 'max(timestamp(push_time_seconds))')).values()
 
     # Throughput, success, retries, dead letters: exact counts.
     rates = await stack.panel("Throughput by type", at=at, by="job_type")

@@ -44,6 +44,10 @@ from tests.support.waits import eventually
 
 # The single-node tests, run again on the cluster (same bodies, this module's fixtures).
 from tests.test_api_health import test_health_is_200_when_both_stores_answer  # noqa: F401
+from tests.test_api_workers import (  # noqa: F401
+    test_a_running_worker_is_listed_with_its_job_and_vanishes_after_sigkill,
+    test_a_worker_that_stops_cleanly_leaves_at_once,
+)
 from tests.test_cancel import (  # noqa: F401
     test_queued_job_is_cancelled_at_once_and_never_runs,
     test_running_job_is_interrupted_and_ends_cancelled,

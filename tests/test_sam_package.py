@@ -152,7 +152,7 @@ def test_each_artifact_holds_our_code_and_its_dependencies(
         module = handler.rpartition(".")[0]
         assert (artifact / (module.replace(".", "/") + ".py")).is_file(), handler
         for path in ("shared/settings.py", "shared/queue/lua/claim.lua", "shared/job_types",
-                     "asyncpg", "redis", "hiredis", "fastapi", "mangum", "pydantic_core",
+                     "asyncpg", "redis", "hiredis", "fastapi", "mangum", "pydantic_core", "jinja2",
                      "aws_lambda_powertools", "boto3"):
             assert (artifact / path).exists(), f"{artifact.name} lacks {path}"
 
@@ -218,6 +218,32 @@ async def test_built_api_function_serves_the_docs_pages_and_their_assets(
     assert "SwaggerUIBundle" in bodies["/api/v1/docs-assets/swagger-ui-bundle.js"]
     assert ".swagger-ui" in bodies["/api/v1/docs-assets/swagger-ui.css"]
     assert "Redoc" in bodies["/api/v1/docs-assets/redoc.standalone.js"]
+
+
+async def test_built_api_function_serves_the_console(
+        handlers: dict[str, tuple[Path, str]], http_event: dict[str, Any],
+        settings: Settings, service: JobService, tmp_path: Path) -> None:
+    """The console's templates and assets are package data beside its code: the
+    artifact must hold them, or the page is a 500 on Lambda only."""
+    await service.create(JobCreate(job_type="noop", payload={"tag": "console"}))
+    artifact, handler = handlers["ApiFunction"]
+    assert (artifact / "functions/api/console/templates/layout.html").is_file()
+    shell = _http(http_event, "GET", "/api/v1/console")
+    del shell["requestContext"]["authorizer"]  # a public route: no authorizer ran
+    events = [shell,
+              _http(http_event, "GET", "/api/v1/console/assets/console.js"),
+              _http(http_event, "GET", "/api/v1/console/fragments/overview")]
+    page, script, fragment = await _invoke_built(artifact, handler, events, settings,
+                                                 tmp_path)
+    assert page["statusCode"] == 200, page
+    assert page["headers"]["content-type"].startswith("text/html")
+    assert 'src="console/assets/console.js?v=' in page["body"]
+    assert script["statusCode"] == 200, script
+    body = script["body"]
+    text = base64.b64decode(body).decode() if script["isBase64Encoded"] else body
+    assert "sessionStorage" in text
+    assert fragment["statusCode"] == 200, fragment
+    assert "Jobs by state" in fragment["body"] and "noop" in fragment["body"]
 
 
 async def test_built_scheduler_function_promotes_due_jobs(

@@ -13,8 +13,10 @@ owns the job:
    PROCESSING.
 2. the slot is freed as soon as the handler returns, so the worker can take the next job
    while the outcome commits;
-3. the outcome joins the settler's group commit (PostgreSQL); its Redis move follows
-   separately;
+3. once the start's commit (in flight while the handler ran: pipelined start) has
+   succeeded, the outcome joins the settler's group commit (PostgreSQL); its Redis move
+   follows separately. A start that did not commit writes nothing (see
+   ``start_durable``);
 4. ``_finished``, the task's done-callback, runs even if the task never started: it frees
    the slot if still held and, if no outcome was handed over, hands one over.
 
@@ -48,12 +50,15 @@ Stop = Literal["cancel", "release", "lost"]
 
 
 class Attempt:
-    def __init__(self, worker: Worker, row: Row, handler: JobType | None) -> None:
+    def __init__(self, worker: Worker, row: Row, handler: JobType | None,
+                 committed: asyncio.Future[None] | None = None) -> None:
         self.worker = worker
+        self.committed = committed  # the start's commit, in flight (pipelined start)
         self.row = row
         self.job_id = str(row["id"])
         self.job_type: str = row["job_type"]
         self.number: int = row["attempts"]  # the attempt number: also the fencing token
+        self.started_at = datetime.now(UTC)  # for the worker's presence record
         self.handler = handler
         self.stop: Stop | None = None  # why the attempt was asked to end early
         self.task: asyncio.Task[None] | None = None
@@ -82,12 +87,31 @@ class Attempt:
         started = time.perf_counter()
         outcome = await self.run()
         self._free_slot()
+        if outcome is not None and not await self.start_durable():
+            outcome = None
         self._handed_over = True  # submit() queues the outcome before its first await
-        if outcome is None:  # our lock was lost: a newer attempt owns the job
+        if outcome is None:  # lock lost (a newer attempt owns the job), or start not durable
             return
         self.worker.count_duration(self.job_type, time.perf_counter() - started)
         status = await self.worker.settler.submit(outcome)
         self.worker.count_outcome(self, outcome, status)
+
+    async def start_durable(self) -> bool:
+        """Wait until PostgreSQL holds this attempt's start (its fencing token): nothing
+        is written under the token before. False if the start's commit failed: the
+        outcome is dropped, and lease recovery decides from what PostgreSQL holds."""
+        if self.committed is None:
+            return True
+        try:
+            # Shielded: the commit is shared by the attempts of one claim.
+            await asyncio.shield(self.committed)
+        except asyncio.CancelledError:
+            if self.committed.cancelled():
+                return False
+            raise
+        except Exception:
+            return False  # logged once by the worker (``_start_ended``)
+        return True
 
     async def run(self) -> Outcome | None:
         """The handler's outcome, whatever happens but the event loop going away."""

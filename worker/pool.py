@@ -4,10 +4,13 @@ One asyncio process runs up to ``concurrency`` jobs at once:
 
 1. **claim** (``_claim_loop``): a Lua script moves up to "free slots" jobs from the ready
    queues to the lease set (priority first, limits honoured, each job's lock taken);
-2. **start** (``_start``): ``Lifecycle.start`` begins the attempts in PostgreSQL
+2. **start** (``_start``): ``Lifecycle.begin`` begins the attempts in PostgreSQL
    (``attempts + 1``: the fencing token) and hands back in Redis what no longer waits;
+   it returns as soon as the UPDATE has decided which jobs start, with the commit in
+   flight (pipelined start: the handlers do not wait for the WAL flush);
 3. **attempt** (``worker/attempt.py``): each started job runs its handler and commits its
-   outcome through the settler (``worker/settler.py``: PostgreSQL first, Redis after).
+   outcome through the settler (``worker/settler.py``: PostgreSQL first, Redis after),
+   once its start's commit has succeeded.
 
 Slots are counted by :class:`Slots`: the claim takes them, the start hands one to each
 attempt and gives back the rest in a ``finally``, and an attempt gives its own back
@@ -29,13 +32,19 @@ from shared.core.lifecycle import Lifecycle, Outcome
 from shared.core.status import Status
 from shared.observability import metrics
 from shared.observability.logs import get_logger
+from shared.queue.presence import Presence
 from shared.registry import Registry
 from shared.settings import Settings
+from shared.store.jobs import JobStore
 from worker.attempt import Attempt
 from worker.settler import Settler
 from worker.upkeep import STORE_ERRORS, background
 
 log = get_logger("worker")
+
+# Redis connections opened before the first claim: the idle wait (BLPOP holds one), the
+# claim, the settler's moves, the heartbeat and lease recovery can all be in flight.
+REDIS_WARM = 5
 
 
 class Slots:
@@ -80,10 +89,21 @@ class Worker:
                  stores: Stores | None = None) -> None:
         self.settings = settings
         self.registry = registry
-        self.stores = stores or Stores(settings)
+        # Every connection the worker may use is opened before its first claim and kept
+        # (asyncpg would close one idle for 5 minutes, and reopen it in the middle of a
+        # burst): opening one costs milliseconds, which a job's pickup would wait for.
+        self.stores = stores or Stores(settings, pool_options={
+            "min_size": settings.db_pool_max, "max_inactive_connection_lifetime": 0})
         self.queue = self.stores.queue(settings.queue)
         self.types = registry.limits(settings.queue)
         self.limited = {t.job_type for t in self.types if t.concurrency}
+        # Who this worker is and what it runs, renewed by every heartbeat; it expires
+        # after three missed beats, so a killed worker leaves the console on its own.
+        self.presence = Presence(
+            self.stores.redis, settings.redis_prefix, worker_id=settings.worker_id,
+            queue=settings.queue, concurrency=settings.worker_concurrency,
+            job_types=[t.job_type for t in self.types],
+            ttl_seconds=3 * settings.heartbeat_interval)
         self.token = self.stores.locks.new_token(settings.worker_id)
         # One Redis node (the default): each job's lock lives beside the queue and is
         # taken, extended and released inside the queue's own scripts, which saves two
@@ -93,9 +113,9 @@ class Worker:
         # Every attempt whose outcome is not yet committed (the heartbeat keeps their leases).
         self.running: dict[str, Attempt] = {}
         self.slots = Slots(settings.worker_concurrency)
-        self._claim_max = max(1, (settings.worker_concurrency + 1) // 2)
-        self._settling = 0  # outcomes waiting for their commit
+        self._claim_max = settings.worker_concurrency
         self._starts: set[asyncio.Task[None]] = set()
+        self._signal: asyncio.Future[bool] | None = None  # the idle wait's pending BLPOP
         self.resources: dict[str, Any] = {}
         self.ready = False  # connected and claiming (for the readiness probe)
         self.closed = False  # the background loops end
@@ -110,6 +130,7 @@ class Worker:
     async def run(self) -> None:
         self.pool = await self.stores.pool()
         self.lifecycle = Lifecycle(await self.stores.store(), self.stores.queue)
+        await self._warm()
         release = None if self.inline_locks else self._release_locks
         self.settler = Settler(self.lifecycle, self.queue, self.lock_token, release,
                                self.settings.settle_batch_max)
@@ -127,13 +148,40 @@ class Worker:
             metrics.worker_active.set(0)
             await self._drain()
 
+    async def _warm(self) -> None:
+        """Before the first claim: every PostgreSQL connection of the pool open, with the
+        start and settle statements prepared on each (asyncpg prepares a statement on a
+        connection's first use of it: one more round trip, on a job's path); Redis
+        connections open for the loops that run side by side (wait, claim, moves,
+        heartbeat). Best effort: a store that is not up yet is what the claim loop waits
+        for."""
+        try:
+            conns = await asyncio.gather(*(self.pool.acquire()
+                                           for _ in range(self.pool.get_max_size())),
+                                         return_exceptions=True)
+            try:
+                for conn in conns:
+                    if not isinstance(conn, BaseException):
+                        await JobStore(conn).claim([], self.settings.worker_id)
+                        await JobStore(conn).settle([])
+            finally:
+                for conn in conns:
+                    if not isinstance(conn, BaseException):
+                        await self.pool.release(conn)
+            await asyncio.gather(*(self.stores.redis.ping() for _ in range(REDIS_WARM)))
+        except STORE_ERRORS as exc:
+            log.warning("could not open every connection before claiming",
+                        extra={"error": repr(exc)})
+
     async def _claim_loop(self) -> None:
-        concurrency = self.settings.worker_concurrency
         while not self._stopping.is_set():
-            # At most half the slots per claim, so that one batch's settle overlaps the
-            # next batch's claim instead of the pool alternating between the two.
+            # Every free slot in one claim: with the start pipelined and each slot freed
+            # when its handler returns (before the settle), batches no longer alternate
+            # with their commits, and fewer, larger batches cost fewer round trips per job
+            # (drain at concurrency 10 in bench/RESULTS.md, issue 12: half the slots per
+            # claim, as before, drained slower and used more CPU).
             free = min(self.slots.free, self._claim_max)
-            if free <= 0 or self._settling >= concurrency:
+            if free <= 0:
                 self.slots.freed.clear()
                 await self._until_stopping(self.slots.freed.wait())
                 continue
@@ -158,9 +206,37 @@ class Worker:
                 task.add_done_callback(functools.partial(self._started, hold))
                 continue
             idle = self.settings.idle_poll_seconds
-            timeout = idle if wake_in is None else min(wake_in, idle)
+            # +1 ms: Redis gives whole milliseconds; waking before the due time only to
+            # find nothing due would claim again at once.
+            timeout = idle if wake_in is None else min(wake_in + 0.001, idle)
             with contextlib.suppress(*STORE_ERRORS):
-                await self._until_stopping(self.queue.wait_for_work(timeout))
+                await self._idle(timeout)
+
+    async def _idle(self, seconds: float) -> None:
+        """Wait until a push signals new work, ``seconds`` pass, or a shutdown begins.
+
+        The timer is ours, not BLPOP's: Redis looks at a blocked client's timeout only at
+        its own tick (``hz``: every 100 ms by default), so ``BLPOP`` with a 5 ms timeout
+        returns after up to 100 ms, and a job due in 5 ms would start that late. The
+        BLPOP itself (with the idle poll's timeout) stays pending when our timer fires
+        first and serves the next wait: cancelling it would cost its connection."""
+        if seconds <= 0:
+            return
+        signal = self._signal
+        if signal is None or signal.done():
+            signal = self._signal = asyncio.ensure_future(
+                self.queue.wait_for_work(self.settings.idle_poll_seconds))
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({signal, stopper}, timeout=seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            await asyncio.gather(stopper, return_exceptions=True)
+        if signal.done():
+            self._signal = None
+            if not signal.cancelled() and (exc := signal.exception()) is not None:
+                raise exc
 
     async def _start(self, claimed: list[tuple[str, str, int]], hold: SlotHold) -> None:
         """Lock (unless the claim script did) and start the attempts; each started job's
@@ -173,17 +249,24 @@ class Worker:
             if not self.inline_locks:
                 _, busy = await self.stores.locks.acquire(
                     [c[0] for c in fresh], self.token, self.settings.lease_seconds)
-            rows = await self.lifecycle.start(self.queue, fresh, self.settings.worker_id,
-                                              busy=busy, lock_token=self.lock_token)
+            starting = await self.lifecycle.begin(self.queue, fresh, self.settings.worker_id,
+                                                  busy=busy, lock_token=self.lock_token)
         except STORE_ERRORS as exc:
             # The jobs stay in our lease set; if we cannot reach the stores they come back
             # to the queue when the lease expires.
             log.warning("could not start claimed jobs", extra={"error": str(exc)})
             await self._until_stopping(asyncio.sleep(1.0))
             return
-        for row in rows:
+        # Pipelined start: the handlers run while the start's commit is in flight; each
+        # attempt's settle waits for it (``Attempt.start_durable``).
+        attempts = []
+        for row in starting.rows:
             hold.hand_over()
-            Attempt(self, row, self.registry.get(row["job_type"])).launch()
+            attempt = Attempt(self, row, self.registry.get(row["job_type"]), starting.committed)
+            attempt.launch()
+            attempts.append(attempt)
+        if attempts:
+            starting.committed.add_done_callback(functools.partial(_start_ended, attempts))
 
     def _started(self, hold: SlotHold, task: asyncio.Task[None]) -> None:
         """Done-callback of a start: give back every slot no attempt took over, however
@@ -254,6 +337,10 @@ class Worker:
 
     async def _drain(self) -> None:
         grace = self.settings.shutdown_grace_seconds
+        if self._signal is not None:  # the idle wait's BLPOP: no longer wanted
+            self._signal.cancel()
+            await asyncio.gather(self._signal, return_exceptions=True)
+            self._signal = None
         if self._starts:  # claims whose start is in flight join the running jobs first
             await asyncio.wait(self._starts, timeout=grace)
         tasks = [a.task for a in self.running.values() if a.task is not None]
@@ -273,8 +360,24 @@ class Worker:
         if stuck:
             log.warning("background tasks did not stop", extra={
                 "tasks": sorted(t.get_name() for t in stuck)})
+        with contextlib.suppress(*STORE_ERRORS):
+            await self.presence.leave()
         await self.stores.close()
         log.info("worker stopped", extra={"released": len(leftovers)})
+
+
+def _start_ended(attempts: list[Attempt], committed: asyncio.Task[None]) -> None:
+    """Done-callback of a pipelined start's commit: if it failed (PostgreSQL went away
+    mid-commit: it may or may not hold the start), the attempts stop and write nothing;
+    their jobs stay in our lease set until it expires, and lease recovery places them
+    from what PostgreSQL holds (run again: at least once)."""
+    error = None if committed.cancelled() else committed.exception()
+    if error is None and not committed.cancelled():
+        return
+    log.warning("start of attempts not committed, abandoning them",
+                extra={"jobs": [a.job_id for a in attempts], "error": repr(error)})
+    for attempt in attempts:
+        attempt.interrupt("lost")
 
 
 class _TypeMetrics(NamedTuple):

@@ -2,6 +2,8 @@
 
 - **heartbeat**: extends the leases (and locks) of the attempts the worker holds, picks up
   cancel requests a listener missed, and stops attempts whose lock another worker now holds;
+  then renews the worker's presence record (``shared/queue/presence.py``: who is alive and
+  what each runs, for the console), one pipelined round trip, idle or not;
 - **cancel listener**: hears cancel requests at once (Redis pub/sub, sharded on a cluster);
 - **reaper**: recovers the jobs of workers that died (expired leases), every few seconds.
 
@@ -23,6 +25,7 @@ from redis.exceptions import RedisError
 from shared.maintenance.recover import recover
 from shared.observability import metrics
 from shared.observability.logs import get_logger
+from shared.queue.presence import RunningJob
 
 if TYPE_CHECKING:
     from worker.pool import Worker
@@ -54,6 +57,17 @@ def background(worker: Worker) -> list[asyncio.Task[None]]:
         return worker.closed
 
     async def heartbeat() -> None:
+        # Leases first: they are what keeps the jobs; the presence record (for the
+        # console) is written after, even when the lease step fails, and its own failure
+        # is only logged.
+        try:
+            await keep_leases()
+        finally:
+            await worker.presence.beat(
+                [RunningJob(id=a.job_id, job_type=a.job_type, started_at=a.started_at)
+                 for a in worker.running.values() if a.stop is None])
+
+    async def keep_leases() -> None:
         atts = [a for a in worker.running.values() if a.stop is None]
         if not atts:
             return

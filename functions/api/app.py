@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from functions.api import (
     auth,
+    console,
     dead_letters,
     docs_pages,
     errors,
@@ -18,6 +19,7 @@ from functions.api import (
     job_types,
     jobs,
     schedules,
+    workers,
 )
 from functions.api.body_limit import BodyLimit
 from functions.api.metrics import RequestMetrics
@@ -68,7 +70,8 @@ def create_app(settings: Settings | None = None, *, close_on_shutdown: bool = Tr
     errors.install(app)
     docs_pages.install(app, prefix)
     routers = (jobs.router, dead_letters.router, health.router, job_types.router,
-               schedules.router)
+               schedules.router, workers.router, console.pages_router,
+               console.fragments_router)
     for router in routers:
         app.include_router(router, prefix=prefix)
     auth.install(app, settings, stores, routers)  # refuses a route that declares no scope

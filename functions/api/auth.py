@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.routing import APIRoute
 
 from functions.api.errors import edit_openapi
 from shared.connections import Stores
-from shared.errors import Forbidden, InvalidCredential, Unauthorized
+from shared.errors import Forbidden, InvalidCredential, OtherNamespace, Unauthorized
 from shared.observability.logs import get_logger
 from shared.scopes import ADMIN, NAMESPACE_PATTERN, READ, WRITE, expand
 from shared.settings import Settings
@@ -45,7 +45,8 @@ from shared.store.api_keys import ApiKeyStore, digest, looks_like_key
 
 log = get_logger("api")
 
-__all__ = ["ADMIN", "READ", "WRITE", "Caller", "Principal", "Public", "Scope", "install"]
+__all__ = ["ADMIN", "READ", "WRITE", "Caller", "NamespaceQuery", "Principal", "Public",
+           "Scope", "in_view", "install"]
 
 TOUCH_SECONDS = 60.0  # last_used_at is written at most this often per key (and process)
 CACHE_MAX = 10_000  # keys remembered per process; past that the cache starts afresh
@@ -225,6 +226,23 @@ async def _caller(request: Request) -> Principal:
 
 
 Caller = Annotated[Principal, Depends(_caller)]
+
+
+NamespaceQuery = Annotated[str | None, Query(
+    max_length=63, pattern=NAMESPACE_PATTERN,
+    description="Only this namespace's jobs. A credential bound to a namespace sees only "
+    "its own: naming another is a 403.")]
+
+
+def in_view(caller: Principal, asked: str | None) -> str | None:
+    """The namespace a read covers: a bound caller's own (naming another is refused, not
+    silently narrowed, so a console never shows one tenant's page under another's name);
+    for an unbound caller the one asked for, or None for every job."""
+    if caller.namespace is None:
+        return asked
+    if asked is not None and asked != caller.namespace:
+        raise OtherNamespace(caller.namespace, asked)
+    return caller.namespace
 
 
 def declared(route: APIRoute) -> Requirement | None:

@@ -53,7 +53,7 @@ class JobIdConvertor(Convertor[str]):
     checked as a UUID by the route, so a malformed one stays a 422 naming it.
     """
 
-    regex = r"(?!(?:batch|stats)$)[^/]+"
+    regex = r"(?!(?:activity|batch|stats)$)[^/]+"
 
     def convert(self, value: str) -> str:
         return value

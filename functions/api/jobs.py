@@ -9,9 +9,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from functions.api import batch_body, listing
-from functions.api.auth import READ, WRITE, Caller, Scope
+from functions.api.auth import READ, WRITE, Caller, NamespaceQuery, Scope, in_view
 from functions.api.deps import JobTypeFilter, Service
-from functions.api.listing import Cursor, Fields, FieldsQuery, Limit
+from functions.api.listing import (
+    CreatedAfter,
+    CreatedBefore,
+    Cursor,
+    Fields,
+    FieldsQuery,
+    IdSearch,
+    Limit,
+)
 from shared.api_schemas import (
     BatchResult,
     ErrorResponse,
@@ -26,6 +34,7 @@ from shared.api_schemas import (
 from shared.core.status import Status
 from shared.errors import PayloadTooLarge
 from shared.observability import metrics
+from shared.store.insights import Activity, Window
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -118,8 +127,21 @@ async def stats(service: Service, caller: Caller) -> Stats:
     )
 
 
-@router.get("", response_model=JobPage, responses=errors(422),
+@router.get("/activity", response_model=Activity, responses=errors(403, 422),
+            summary="Jobs created, finished and retried over the last hour or day",
+            description="Totals, by type, and per bucket (12 of 5 minutes for `1h`, 24 of an "
+            "hour for `24h`, aligned to UTC), with throughput and failure rate. Read from "
+            "per-minute counts, so it answers in milliseconds however many jobs ran.",
+            dependencies=[Scope(READ)])
+async def activity(service: Service, caller: Caller, window: Window = Window.hour,
+                   namespace: NamespaceQuery = None) -> Activity:
+    return await service.activity(window, in_view(caller, namespace))
+
+
+@router.get("", response_model=JobPage, responses=errors(403, 422),
             summary="List jobs, newest first (pages bounded in count and bytes)",
+            description="Filters combine with each other and with the cursor. A credential "
+            "bound to a namespace lists only its own jobs (naming another namespace: 403).",
             dependencies=[Scope(READ)])
 @router.get("/", response_model=JobPage, include_in_schema=False, dependencies=[Scope(READ)])
 async def list_jobs(
@@ -127,12 +149,19 @@ async def list_jobs(
     caller: Caller,
     status: Status | None = None,
     job_type: JobTypeFilter = None,
+    namespace: NamespaceQuery = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    id_search: IdSearch = None,
     limit: Limit = 50,
     cursor: Cursor = None,
     fields: FieldsQuery = Fields.full,
 ) -> Response:
     return await listing.page(service, status=status, job_type=job_type, limit=limit,
-                              cursor=cursor, fields=fields, namespace=caller.namespace)
+                              cursor=cursor, fields=fields,
+                              namespace=in_view(caller, namespace),
+                              narrow=listing.narrowing(created_after, created_before,
+                                                       id_search))
 
 
 @router.get("/{job_id:job_id}", response_model=JobDetail, responses=errors(404, 422),

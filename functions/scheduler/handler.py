@@ -18,7 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from functions.scheduler.tick import tick
 from functions.tracing import lambda_tracer, traced
 from shared.connections import Stores
-from shared.observability.logs import get_logger
+from shared.observability.logs import lambda_logger
 from shared.registry import load
 from shared.secret_settings import resolve_secrets
 from shared.settings import get_settings
@@ -31,7 +31,7 @@ class ScheduledEvent(EventBridgeModel):
     version: str = "0"
 
 
-logger = get_logger("scheduler")
+logger = lambda_logger("scheduler")  # powertools: injects the Lambda context
 tracer = lambda_tracer("scheduler")  # off outside Lambda / POWERTOOLS_TRACE_DISABLED
 _loop = asyncio.new_event_loop()
 _stores: Stores | None = None

@@ -32,6 +32,7 @@ Each rule is written once:
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -163,6 +164,14 @@ class Settled:
 
 
 @dataclass
+class Starting:
+    """Attempts whose start is decided, and the commit that makes it durable."""
+
+    rows: list[Row]
+    committed: asyncio.Task[None]  # raises if the start did not commit
+
+
+@dataclass
 class Fired:
     """What one fire made for one schedule."""
 
@@ -221,11 +230,29 @@ class Lifecycle:
                     lock_token: str = "") -> list[Row]:
         """Start attempts for the jobs a claim moved to our lease set; hand back in Redis
         those PostgreSQL no longer has waiting (cancelled meanwhile, stale duplicates) and
-        those whose lock an earlier holder still has (``busy``: seconds left)."""
+        those whose lock an earlier holder still has (``busy``: seconds left). Returns once
+        the start is committed (see :meth:`begin` for the worker's pipelined start)."""
+        starting = await self.begin(queue, claimed, worker, busy=busy, lock_token=lock_token)
+        await starting.committed
+        return starting.rows
+
+    async def begin(self, queue: RedisQueue, claimed: Sequence[tuple[str, str, int]],
+                    worker: str, *, busy: dict[str, float] | None = None,
+                    lock_token: str = "") -> Starting:
+        """:meth:`start`, pipelined: the rows come back as soon as PostgreSQL has decided
+        which jobs start (the UPDATE ran in an open transaction that holds their rows),
+        with the commit still in flight (``Starting.committed``). The attempts may run
+        meanwhile; nothing may be written under their tokens until the commit succeeded
+        (the worker's settle waits for it), and if it fails their outcomes are dropped
+        and lease recovery decides from what PostgreSQL holds."""
         busy = busy or {}
-        rows: list[Row] = list(await self.store.claim(
-            [c[0] for c in claimed if c[0] not in busy], worker))
-        rows = await self._skip_overlapping(rows)
+        claimed_rows, committed = await self.store.claim_open(
+            [c[0] for c in claimed if c[0] not in busy], worker)
+        rows: list[Row] = list(claimed_rows)
+        if any(r["skip_overlap"] and r["schedule_id"] for r in rows):
+            # Skipping settles rows at once: that needs the start committed first.
+            await committed
+            rows = await self._skip_overlapping(rows)
         started = {str(r["id"]) for r in rows}
         now = wall_ms()
         moves = [Move(job_id, job_type, "delay", score, now + int(busy[job_id] * 1000) + 1)
@@ -236,7 +263,7 @@ class Lifecycle:
                 await queue.move(moves, lock_token)
             except REDIS_DOWN as exc:  # left in our lease set: recovered when it expires
                 log.warning("could not hand back unstarted jobs", extra={"error": repr(exc)})
-        return rows
+        return Starting(rows, committed)
 
     async def _skip_overlapping(self, rows: list[Row]) -> list[Row]:
         """Schedule runs that skip overlaps are decided here, when they would start (not

@@ -28,7 +28,11 @@ from shared.core.lifecycle import Lifecycle
 from shared.core.status import Status
 from shared.errors import Conflict, IdempotencyConflict, NotFound, ValidationFailed
 from shared.observability.logs import get_logger
+from shared.queue import presence
+from shared.queue.presence import LimitInForce, WorkerPresence
 from shared.registry import Registry
+from shared.store import insights
+from shared.store.insights import Activity, DeadLetterGroups, Window
 from shared.store.jobs import JobStore, NewJob, Row
 
 log = get_logger("api")
@@ -148,7 +152,8 @@ class JobService:
 
     # --- create ---------------------------------------------------------------------------
 
-    def _prepare(self, spec: JobCreate, loc: list[str | int], now: datetime) -> NewJob:
+    def _prepare(self, spec: JobCreate, loc: list[str | int], now: datetime,
+                 namespace: str | None = None) -> NewJob:
         jt = self.registry.get(spec.job_type)
         if jt is None:
             raise ValidationFailed(
@@ -195,6 +200,7 @@ class JobService:
             queue=jt.queue,
             scheduled_at=spec.scheduled_at,
             status=status,
+            namespace=namespace,
         )
 
     async def create(self, spec: JobCreate, idempotency_key: str | None = None,
@@ -222,8 +228,8 @@ class JobService:
         now = datetime.now(UTC)
 
         def prepare() -> tuple[list[NewJob], str | None]:
-            return ([replace(self._prepare(s, ["body", "jobs", i] if batch else ["body"], now),
-                             namespace=namespace) for i, s in enumerate(specs)],
+            return ([self._prepare(s, ["body", "jobs", i] if batch else ["body"], now, namespace)
+                     for i, s in enumerate(specs)],
                     request_hash(specs, batch) if idempotency_key else None)
 
         # Payload models, the jsonb check and the hash are Python work per value: for a
@@ -313,3 +319,20 @@ class JobService:
     async def purge_dead(self, job_type: str | None = None, namespace: str | None = None
                          ) -> int:
         return await (await self.stores.store()).purge_dead(job_type, namespace)
+
+    # --- what the console reads ------------------------------------------------------------
+
+    async def activity(self, window: Window, namespace: str | None = None) -> Activity:
+        """Jobs created, finished and retried in the last hour or day (migration 0005)."""
+        return await insights.activity(await self.stores.pool(), window, namespace)
+
+    async def dead_letter_groups(self, namespace: str | None = None,
+                                 job_type: str | None = None) -> DeadLetterGroups:
+        return await insights.dead_letter_groups(await self.stores.pool(), namespace,
+                                                 job_type)
+
+    async def workers(self) -> tuple[list[WorkerPresence], list[LimitInForce]]:
+        """The workers alive (their presence records) and the limits in force now."""
+        redis, prefix = self.stores.redis, self.settings.redis_prefix
+        return (await presence.workers_alive(redis, prefix),
+                await presence.limits_in_force(redis, prefix, self.registry))

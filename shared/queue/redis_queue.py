@@ -336,6 +336,18 @@ class RedisQueue:
             "leased": int(out[11]),
         }
 
+    async def limit_usage(self, types: Sequence[TypeLimit]) -> dict[str, tuple[int, int]]:
+        """``{type: (running, started within the rate window)}`` for the given types, as
+        the claim script counts them (one round trip)."""
+        if not types:
+            return {}
+        args: list[Any] = [self.base]
+        for lim in types:
+            args.extend((lim.job_type, lim.per_ms))
+        out = await self._run("usage", [self.k_lease], args)
+        return {lim.job_type: (int(out[2 * i]), int(out[2 * i + 1]))
+                for i, lim in enumerate(types)}
+
     async def now_ms(self) -> int:
         """The clock the queue's scripts read: on a cluster, that of the master owning the
         queue's slot (a plain TIME would ask whichever node the client picks)."""

@@ -9,11 +9,12 @@ carry its fencing token (the attempt number) and match only while it is still cu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -41,6 +42,25 @@ CLAIM_COLUMNS = """id, seq, queue, job_type, payload, priority, attempts, max_re
     timeout_seconds, cancel_requested, created_at, scheduled_at, schedule_id, fire_time,
     skip_overlap"""
 
+# Activity (migration 0005) from count deltas (namespace, job_type, status, n, created):
+# a positive count of a status is how many jobs entered it.
+ACTIVITY_SUMS = """coalesce(sum(created), 0)::bigint AS created,
+       coalesce(sum(n) FILTER (WHERE status = 'COMPLETED' AND n > 0), 0)::bigint AS completed,
+       coalesce(sum(n) FILTER (WHERE status = 'RETRYING' AND n > 0), 0)::bigint AS retried,
+       coalesce(sum(n) FILTER (WHERE status = 'FAILED' AND n > 0), 0)::bigint
+           AS dead_lettered,
+       coalesce(sum(n) FILTER (WHERE status = 'CANCELLED' AND n > 0), 0)::bigint
+           AS cancelled"""
+ACTIVITY_KEPT = timedelta(days=2)
+ALL_NAMESPACES = "*"  # job_activity's rows of every namespace together
+
+# The start of attempts: the new attempt number (attempts + 1) is the fencing token.
+CLAIM_SQL = f"""
+    UPDATE jobs SET status = 'PROCESSING', attempts = attempts + 1, lease_owner = $2,
+           started_at = now(), updated_at = now(), run_at = NULL, status_reason = NULL
+    WHERE id = ANY($1::uuid[]) AND status = ANY('{{QUEUED,RETRYING}}')
+    RETURNING {CLAIM_COLUMNS}"""
+
 # Columns Redis needs to place a job (queue, type, ready score, due time).
 PLACE_COLUMNS = "id, queue, job_type, priority, seq, status, run_at"
 
@@ -53,6 +73,15 @@ INSERT_SQL = """
                 $7::timestamptz[], $8::int[], $9::float8[], $10::text[], $11::text[],
                 $12::text[])
          AS u(i, q, t, p, pr, st, s, mr, ts, k, h, ns)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, seq, created_at"""
+
+# One job: the same insert with scalar parameters. Arrays cost a single create more to encode
+# and to unnest than the row itself (bench/RESULTS.md, "Issue 12").
+INSERT_ONE_SQL = """
+    INSERT INTO jobs (id, queue, job_type, payload, priority, status, scheduled_at, run_at,
+                      max_retries, timeout_seconds, idempotency_key, request_hash, namespace)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, seq, created_at"""
 
@@ -86,18 +115,44 @@ def _new_row(job_id: uuid.UUID, job: NewJob, made: asyncpg.Record) -> dict[str, 
     }
 
 
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    """What a list page may be narrowed by, beyond status, type, cursor and namespace.
+
+    ``created_after``/``created_before``: exact on created_at, and turned into a seq range
+    first (:meth:`JobStore.seq_at`), so the page is read through the seq (or status, type)
+    index like any other page instead of filtering rows one by one. ``id_between``: an id
+    range (a full id, or every id starting with a hex prefix), read through the primary key.
+    """
+
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    id_between: tuple[uuid.UUID, uuid.UUID] | None = None
+    seq_from: int | None = None  # set by list_page from created_after
+    seq_before: int | None = None  # from created_before
+
+
 def _list_filter(status: Status | None, job_type: str | None, before_seq: int | None,
-                 namespace: str | None) -> tuple[str, list[Any]]:
+                 namespace: str | None, more: ListFilter | None = None
+                 ) -> tuple[str, list[Any]]:
     """The WHERE clause of a list and its arguments ($1, $2, ...).
 
     Only the filters given go into the clause (each from a fixed fragment, values always as
     parameters): ``($1 IS NULL OR status = $1)`` would keep PostgreSQL from using the
     status index.
     """
+    more = more or ListFilter()
     fragments = {"status": "status = ${}", "job_type": "job_type = ${}",
-                 "before_seq": "seq < ${}", "namespace": "namespace = ${}"}
+                 "before_seq": "seq < ${}", "namespace": "namespace = ${}",
+                 "seq_from": "seq >= ${}", "seq_before": "seq < ${}",
+                 "created_after": "created_at >= ${}", "created_before": "created_at < ${}",
+                 "id_from": "id >= ${}", "id_to": "id <= ${}"}
     given = {"status": status.value if status else None, "job_type": job_type,
-             "before_seq": before_seq, "namespace": namespace}
+             "before_seq": before_seq, "namespace": namespace,
+             "seq_from": more.seq_from, "seq_before": more.seq_before,
+             "created_after": more.created_after, "created_before": more.created_before,
+             "id_from": more.id_between[0] if more.id_between else None,
+             "id_to": more.id_between[1] if more.id_between else None}
     where: list[str] = []
     args: list[Any] = []
     for name, value in given.items():
@@ -105,6 +160,13 @@ def _list_filter(status: Status | None, job_type: str | None, before_seq: int | 
             args.append(value)
             where.append(fragments[name].format(len(args)))
     return (f"WHERE {' AND '.join(where)}" if where else ""), args
+
+
+# How far created_at may run behind seq order: created_at is the creating transaction's
+# start, seq is drawn at its insert, so a long transaction's jobs carry an earlier time
+# than jobs inserted before them. Time filters search the seq range this much wider and
+# then filter on created_at exactly.
+CREATED_SKEW = timedelta(seconds=60)
 
 
 class _Incomplete(Exception):
@@ -149,6 +211,8 @@ class JobStore:
         The database returns only what it made (id order, seq, created_at): the rest of
         each row is what we sent, which spares decoding every payload back.
         """
+        if len(jobs) == 1:
+            return await self._insert_one(jobs[0])
         ids = [uuid.uuid4() for _ in jobs]
         args = (
             ids,
@@ -177,6 +241,16 @@ class JobStore:
         by_id = {r["id"]: r for r in made}
         return [_new_row(i, job, by_id[i]) for i, job in zip(ids, jobs, strict=True)
                 if i in by_id]
+
+    async def _insert_one(self, job: NewJob) -> list[Row]:
+        """One job, one statement in its own implicit transaction: committed, or skipped for
+        an existing idempotency key (all or nothing holds trivially for one row)."""
+        job_id = uuid.uuid4()
+        made = await self.pool.fetchrow(
+            INSERT_ONE_SQL, job_id, job.queue, job.job_type, job.payload, job.priority,
+            job.status.value, job.scheduled_at, job.max_retries, job.timeout_seconds,
+            job.idempotency_key, job.request_hash, job.namespace)
+        return [] if made is None else [_new_row(job_id, job, made)]
 
     async def insert_runs(self, jobs: Sequence[NewJob]) -> list[Row]:
         """Insert schedule runs; those whose (schedule, fire time) exists are skipped."""
@@ -257,7 +331,8 @@ class JobStore:
 
     async def list_page(self, *, status: Status | None = None, job_type: str | None = None,
                         before_seq: int | None = None, limit: int = 50, max_bytes: int,
-                        summary: bool = False, namespace: str | None = None
+                        summary: bool = False, namespace: str | None = None,
+                        narrow: ListFilter | None = None
                         ) -> tuple[list[asyncpg.Record], bool]:
         """A list page bounded by count and by size: newest first, at most ``limit`` rows,
         and no more payload and result text than ``max_bytes`` (the first row always). Also
@@ -266,7 +341,14 @@ class JobStore:
         The size is summed in PostgreSQL so that rows beyond the budget never reach this
         process: 500 jobs of 256 KiB would otherwise be 128 MB in memory for a 1 MB page.
         """
-        clause, args = _list_filter(status, job_type, before_seq, namespace)
+        if narrow is not None and (narrow.created_after or narrow.created_before):
+            narrow = replace(
+                narrow,
+                seq_from=(await self.seq_at(narrow.created_after - CREATED_SKEW)
+                          if narrow.created_after else None),
+                seq_before=(await self.seq_at(narrow.created_before + CREATED_SKEW)
+                            if narrow.created_before else None))
+        clause, args = _list_filter(status, job_type, before_seq, namespace, narrow)
         size = ("0" if summary else
                 "octet_length(payload::text) + coalesce(octet_length(result::text), 0)")
         columns = SUMMARY_COLUMNS if summary else JOB_COLUMNS
@@ -285,6 +367,32 @@ class JobStore:
             """, *args)
         more = bool(rows) and rows[0]["page_rows"] > len(rows)
         return rows, more
+
+    async def seq_at(self, moment: datetime) -> int:
+        """The first seq of the jobs created at or after ``moment``, taking jobs to be
+        created in seq order (within ``CREATED_SKEW``): a binary search over the seq index,
+        one probe per step (about 20 for a million jobs, a millisecond or two in all),
+        where a range scan on created_at would need an index of its own on the hot table.
+
+        Invariant: jobs below ``lo`` were created before ``moment``, jobs from ``hi`` on
+        at or after it; a probe reads the first job at or after the middle, which skips
+        the gaps deleted jobs leave."""
+        return int(await self.pool.fetchval(
+            """
+            WITH RECURSIVE search(lo, hi) AS (
+                SELECT coalesce((SELECT min(seq) FROM jobs), 0),
+                       coalesce((SELECT max(seq) FROM jobs), 0) + 1
+                UNION ALL
+                SELECT CASE WHEN p.seq IS NULL OR p.seq >= s.hi THEN s.lo
+                            WHEN p.created_at < $1 THEN p.seq + 1 ELSE s.lo END,
+                       CASE WHEN p.seq IS NULL OR p.seq >= s.hi THEN (s.lo + s.hi) / 2
+                            WHEN p.created_at < $1 THEN s.hi ELSE p.seq END
+                FROM search s
+                LEFT JOIN LATERAL (
+                    SELECT seq, created_at FROM jobs WHERE seq >= (s.lo + s.hi) / 2
+                    ORDER BY seq LIMIT 1) p ON true
+                WHERE s.lo < s.hi)
+            SELECT min(hi) FROM search WHERE lo >= hi""", moment))
 
     async def history(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
         """Every state change of a job, oldest first. The first entry, its creation, is
@@ -450,12 +558,16 @@ class JobStore:
     # --- upkeep of the table ----------------------------------------------------------------------
 
     async def fold_counts(self) -> int:
-        """Add the count deltas into the totals (the scheduler tick). Safe to run twice at
-        once: a delta is deleted by exactly one fold, which adds it in the same statement."""
-        return int(await self.pool.fetchval(
-            """
+        """Add the count deltas into the totals and into the activity per minute (the
+        scheduler tick). Safe to run twice at once: a delta is deleted by exactly one
+        fold, which adds it in the same statement. Activity older than two days goes.
+
+        A positive delta of a status counts jobs that entered it: one statement moves
+        jobs into a status or out of it, never both (migration 0005)."""
+        folded = int(await self.pool.fetchval(
+            f"""
             WITH moved AS (DELETE FROM job_count_deltas
-                           RETURNING namespace, job_type, status, n, retries),
+                           RETURNING namespace, job_type, status, n, retries, at, created),
             sums AS (SELECT namespace, job_type, status, sum(n) AS n, sum(retries) AS retries,
                             count(*) AS k
                      FROM moved GROUP BY namespace, job_type, status),
@@ -463,8 +575,29 @@ class JobStore:
                 INSERT INTO job_counts AS c (namespace, job_type, status, n, retries)
                 SELECT namespace, job_type, status, n, retries FROM sums
                 ON CONFLICT (namespace, job_type, status)
-                DO UPDATE SET n = c.n + EXCLUDED.n, retries = c.retries + EXCLUDED.retries)
+                DO UPDATE SET n = c.n + EXCLUDED.n, retries = c.retries + EXCLUDED.retries),
+            minutes AS (
+                SELECT namespace, date_trunc('minute', at) AS minute, job_type,
+                       {ACTIVITY_SUMS}
+                FROM moved GROUP BY namespace, 2, job_type
+                UNION ALL
+                SELECT '{ALL_NAMESPACES}', date_trunc('minute', at), job_type, {ACTIVITY_SUMS}
+                FROM moved GROUP BY 2, job_type),
+            active AS (
+                INSERT INTO job_activity AS a (namespace, minute, job_type, created,
+                                               completed, retried, dead_lettered, cancelled)
+                SELECT * FROM minutes
+                WHERE created + completed + retried + dead_lettered + cancelled > 0
+                ON CONFLICT (namespace, minute, job_type) DO UPDATE SET
+                    created = a.created + EXCLUDED.created,
+                    completed = a.completed + EXCLUDED.completed,
+                    retried = a.retried + EXCLUDED.retried,
+                    dead_lettered = a.dead_lettered + EXCLUDED.dead_lettered,
+                    cancelled = a.cancelled + EXCLUDED.cancelled)
             SELECT coalesce(sum(k), 0) FROM sums"""))
+        await self.pool.execute(
+            "DELETE FROM job_activity WHERE minute < now() - $1::interval", ACTIVITY_KEPT)
+        return folded
 
     async def delete_finished(self, status: Status, finished_before: datetime, *,
                               job_type: str | None = None, except_types: Sequence[str] = (),
@@ -495,15 +628,41 @@ class JobStore:
         """Start an attempt for each job still waiting: the new attempt number is the
         fencing token. Ids that come back missing were cancelled or are stale duplicates.
         """
-        return await self.pool.fetch(
-            f"""
-            UPDATE jobs SET status = 'PROCESSING', attempts = attempts + 1, lease_owner = $2,
-                   started_at = now(), updated_at = now(), run_at = NULL, status_reason = NULL
-            WHERE id = ANY($1::uuid[]) AND status = ANY('{{QUEUED,RETRYING}}')
-            RETURNING {CLAIM_COLUMNS}""",
-            list(job_ids),
-            worker,
-        )
+        return await self.pool.fetch(CLAIM_SQL, list(job_ids), worker)
+
+    async def claim_open(self, job_ids: Sequence[uuid.UUID | str], worker: str
+                         ) -> tuple[list[asyncpg.Record], asyncio.Task[None]]:
+        """:meth:`claim` without waiting for its commit: the rows as soon as the UPDATE
+        has run, and the commit in flight (a task; it raises if the commit fails).
+
+        ``BEGIN; UPDATE ... RETURNING`` runs first (two round trips, no disk flush): the
+        rows come back locked by our open transaction, so every decision the start makes
+        (cancelled meanwhile, stale duplicate) is already final. Only the commit, the
+        WAL flush that makes the new attempt number durable, is left; the caller may run
+        the attempt meanwhile but must write nothing under its token before the task
+        succeeds. On a store holding one connection (a transaction of the caller's), the
+        claim commits with that transaction and the task is done at once.
+        """
+        if not isinstance(self.pool, asyncpg.Pool):
+            rows = await self.claim(job_ids, worker)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return rows, asyncio.ensure_future(done)
+        pool = self.pool
+        conn = await pool.acquire()
+        try:
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                rows = await conn.fetch(CLAIM_SQL, list(job_ids), worker)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await tr.rollback()
+                raise
+        except BaseException:
+            await pool.release(conn)
+            raise
+        return rows, _commit_then_release(pool, conn, tr)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[asyncpg.Record]:
         """Write many attempts' outcomes in one statement (group commit).
@@ -588,3 +747,31 @@ class JobStore:
 
     async def scheduled_waiting(self) -> int:
         return int((await self.stats())["by_status"][Status.PENDING])
+
+
+_LATE_RELEASES: set[asyncio.Future[None]] = set()  # kept referenced until they end
+
+
+def _commit_then_release(pool: asyncpg.Pool, conn: Any, tr: Any) -> asyncio.Task[None]:
+    """Commit an open transaction in a task and give its connection back, whatever
+    happens; also if the task is cancelled before its first step (a done-callback then
+    hands the connection back, and the pool rolls the transaction back)."""
+    released = False
+
+    async def commit() -> None:
+        nonlocal released
+        try:
+            await tr.commit()
+        finally:
+            released = True
+            await pool.release(conn)
+
+    def never_ran(task: asyncio.Task[None]) -> None:
+        if not released:
+            late = asyncio.ensure_future(pool.release(conn))
+            _LATE_RELEASES.add(late)
+            late.add_done_callback(_LATE_RELEASES.discard)
+
+    task = asyncio.create_task(commit(), name="start-commit")
+    task.add_done_callback(never_ran)
+    return task

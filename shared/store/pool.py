@@ -9,13 +9,17 @@ import asyncpg
 
 from shared.settings import Settings
 
+# Built once: ``json.dumps`` with any argument builds a new encoder per call, which cost
+# a single create 4 us of its ~300 us of CPU (bench/RESULTS.md, "Issue 12").
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects; compact separators keep payload bytes honest.
     for name in ("jsonb", "json"):
         await conn.set_type_codec(
             name,
-            encoder=lambda v: json.dumps(v, separators=(",", ":")),
+            encoder=_COMPACT_JSON.encode,
             decoder=json.loads,
             schema="pg_catalog",
         )

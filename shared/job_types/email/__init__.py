@@ -28,7 +28,9 @@ Addresses = Annotated[list[EmailStr], BeforeValidator(_as_list),
 
 
 class EmailPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Built on first use: the address validator (email-validator, and idna under it) is
+    # then imported by the first email a process validates, not by every worker at start.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     to: Addresses = Field(min_length=1, description="One address or a list.")
     subject: str = Field(min_length=1, max_length=998, pattern=r"^[^\r\n]*$")
