@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import IO
 
 import httpx
@@ -24,7 +25,12 @@ from bench.worker_process import find_below, py_spy
 
 
 class ApiServer:
-    def __init__(self, target: Target, log: IO[bytes], profile: str | None = None) -> None:
+    def __init__(self, target: Target, log: IO[bytes], profile: str | None = None, *,
+                 root: Path = ROOT, cpus: str | None = None) -> None:
+        """``root``: the source tree whose API runs (another checkout of the project, to
+        measure an older revision with today's load generator); ``cpus``: pin the server
+        to these cores (``taskset -c``), so a load generator on the others cannot take
+        its CPU."""
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -35,11 +41,15 @@ class ApiServer:
         if profile:  # py-spy starts the server and samples it (see bench.hotspots)
             cmd = [*py_spy(), "record", "--nonblocking", "--rate", "250", "--format", "raw",
                    "--output", profile, "--", *cmd]
+        if cpus:
+            cmd = ["taskset", "-c", cpus, *cmd]
         self.proc = subprocess.Popen(
             cmd,
-            cwd=ROOT, env=target.env(), stdout=log, stderr=subprocess.STDOUT,
+            cwd=root, env=target.env(PYTHONPATH=str(root)), stdout=log,
+            stderr=subprocess.STDOUT,
             pass_fds=(fd,), start_new_session=True)
-        self.pid = find_below(self.proc.pid, b"bench.serve_api") if profile else self.proc.pid
+        self.pid = (find_below(self.proc.pid, b"bench.serve_api") if profile
+                    else self.proc.pid)  # taskset execs the server: the same process
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     async def ready(self, within: float = 30.0) -> None:

@@ -18,7 +18,7 @@ import uvicorn
 
 def main(argv: list[str]) -> None:
     sock = socket.socket(fileno=int(argv[0]))
-    config = uvicorn.Config("functions.api.app:create_app", factory=True,
+    config = uvicorn.Config("functions.api.app:serve", factory=True,
                             log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 

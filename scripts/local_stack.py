@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                        cwd=ROOT, env=env)
         key = local_key(env, args.key_file)
         commands = {
-            "api": [sys.executable, "-m", "uvicorn", "functions.api.app:create_app",
+            "api": [sys.executable, "-m", "uvicorn", "functions.api.app:serve",
                     "--factory", "--host", "127.0.0.1", "--port", str(args.port),
                     "--no-access-log"],
             "worker": [sys.executable, "-m", "worker", "--concurrency",

@@ -7,6 +7,7 @@ connection per container with ``AJS_DB_POOL_MAX=1``).
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from mangum import Mangum
@@ -20,6 +21,7 @@ from shared.settings import get_settings
 tracer = lambda_tracer("api")
 app = create_app(resolve_secrets(get_settings()), close_on_shutdown=False)
 asgi = Mangum(app, lifespan="off")
+gc.freeze()  # what the container keeps for good stays out of full collections (app.serve)
 
 
 @traced(tracer)

@@ -71,18 +71,20 @@ REPLAYED = {"Idempotent-Replayed": {"description": "true: an earlier request wit
     200: {"model": JobOut, "description": "Idempotent replay: the job made earlier",
           "headers": REPLAYED}},
     summary="Create a job", dependencies=[Scope(WRITE)])
-async def create_job(spec: JobCreate, service: Service, response: Response, caller: Caller,
-                     idempotency_key: IdempotencyKey = None) -> JobOut:
+async def create_job(spec: JobCreate, service: Service, caller: Caller,
+                     idempotency_key: IdempotencyKey = None) -> Response:
     _check_payload_sizes([spec], service.settings.max_payload_bytes, batch=False)
     row, created = await service.create(spec, idempotency_key, namespace=caller.namespace)
     job = JobOut.of(service.registry.redacted(row))
-    response.headers["Location"] = f"{service.settings.api_prefix}/jobs/{job.id}"
+    headers = {"Location": f"{service.settings.api_prefix}/jobs/{job.id}"}
     if created:
         metrics.jobs_created_total.labels(job.job_type).inc()
     else:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
-    return job
+        headers["Idempotent-Replayed"] = "true"
+    # Encoded by pydantic-core straight from the model just built: returning the model
+    # would have FastAPI validate it again against response_model first.
+    return Response(job.model_dump_json(), status_code=201 if created else 200,
+                    headers=headers, media_type="application/json")
 
 
 @router.post("/batch", status_code=201, response_model=BatchResult, responses={

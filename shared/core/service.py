@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from shared.api_schemas import MAX_PAYLOAD_DEPTH, JobCreate
 from shared.connections import Stores
+from shared.core.enqueue_coalescer import EnqueueCoalescer
 from shared.core.lifecycle import Lifecycle
 from shared.core.status import Status
 from shared.errors import Conflict, IdempotencyConflict, NotFound, ValidationFailed
@@ -135,10 +136,19 @@ def _deeper_than(payload: Any, limit: int) -> list[str | int] | None:
 
 
 class JobService:
-    def __init__(self, stores: Stores, registry: Registry) -> None:
+    def __init__(self, stores: Stores, registry: Registry, *,
+                 coalesce_creates: bool = False) -> None:
+        """``coalesce_creates``: concurrent single creates without an idempotency key share
+        one INSERT, commit and push (``shared.core.enqueue_coalescer``); the API turns it
+        on, a library caller awaiting one create at a time gains nothing from it."""
         self.stores = stores
         self.registry = registry
         self.settings = stores.settings
+        self._coalescer = (EnqueueCoalescer(self._enqueue_now) if coalesce_creates
+                           else None)
+
+    async def _enqueue_now(self, jobs: Sequence[NewJob]) -> list[Row]:
+        return await self._lifecycle(await self.stores.store()).enqueue(jobs)
 
     # --- create ---------------------------------------------------------------------------
 
@@ -232,6 +242,8 @@ class JobService:
             keys = idempotency_keys(idempotency_key, len(new))
             new = [replace(j, idempotency_key=k, request_hash=digest)
                    for j, k in zip(new, keys, strict=True)]
+        if self._coalescer is not None and not batch and not idempotency_key:
+            return [await self._coalescer.enqueue(new[0])], True
         store = await self.stores.store()
         rows = await self._lifecycle(store).enqueue(new, all_or_nothing=bool(idempotency_key))
         if len(rows) < len(new):
