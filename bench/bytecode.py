@@ -42,16 +42,21 @@ def package_roots() -> tuple[set[str], set[str]]:
     return dirs, files
 
 
+# Plain for the API, -OO (level 2) for the worker, which runs as `python -OO -m worker`.
+LEVELS = [0, 2]
+
+
 def main() -> None:
     if not sys.pycache_prefix:
         raise SystemExit("PYTHONPYCACHEPREFIX is not set: nothing to fill")
     for name in MODULES:
         importlib.import_module(name)
     dirs, files = package_roots()
-    for d in sorted(dirs):
-        compileall.compile_dir(d, quiet=1, workers=1)
-    for f in sorted(files):
-        compileall.compile_file(f, quiet=1)
+    for level in LEVELS:
+        for d in sorted(dirs):
+            compileall.compile_dir(d, quiet=1, workers=1, optimize=level)
+        for f in sorted(files):
+            compileall.compile_file(f, quiet=1, optimize=level)
 
 
 if __name__ == "__main__":
