@@ -113,7 +113,18 @@ class Worker:
         # Every attempt whose outcome is not yet committed (the heartbeat keeps their leases).
         self.running: dict[str, Attempt] = {}
         self.slots = Slots(settings.worker_concurrency)
-        self._claim_max = settings.worker_concurrency
+        # A claim takes up to every free slot at small concurrency (fewer, larger batches:
+        # drain at 10 went from 5.0k to 6.5k jobs/s) but half of them from 20 up, so that
+        # one batch's start and settle overlap the next claim (all 100 at once drained at
+        # 8.5k jobs/s against 12k for half: bench/RESULTS.md, issue 12, final run).
+        concurrency = settings.worker_concurrency
+        self._claim_max = min(concurrency, max(10, (concurrency + 1) // 2))
+        # Attempts whose start has not yet committed: at most twice the slots (what may
+        # run again if PostgreSQL loses them). Attempts not yet settled: at most three
+        # times the slots (unbounded, a drain at 100 peaked at 61-68 MB instead of 53).
+        self._undurable = 0
+        self._undurable_max = 2 * concurrency
+        self._unsettled_max = 3 * concurrency
         self._starts: set[asyncio.Task[None]] = set()
         self._signal: asyncio.Future[bool] | None = None  # the idle wait's pending BLPOP
         self.resources: dict[str, Any] = {}
@@ -175,12 +186,17 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
-            # Every free slot in one claim: with the start pipelined and each slot freed
-            # when its handler returns (before the settle), batches no longer alternate
-            # with their commits, and fewer, larger batches cost fewer round trips per job
-            # (drain at concurrency 10 in bench/RESULTS.md, issue 12: half the slots per
-            # claim, as before, drained slower and used more CPU).
-            free = min(self.slots.free, self._claim_max)
+            # Up to _claim_max free slots in one claim (see __init__).
+            # Bounded by the attempts whose start is not yet durable too: a handler frees
+            # its slot when it returns, before its start has committed, so while
+            # PostgreSQL is slow or down the worker would otherwise run job after job whose
+            # start may never commit (each one runs again later: at least once, but not
+            # without bound).
+            # And by the attempts not yet settled (running, or waiting for their commits),
+            # which bounds the worker's memory when the settles fall behind.
+            room = min(self._undurable_max - self._undurable,
+                       self._unsettled_max - len(self.running))
+            free = min(self.slots.free, self._claim_max, room)
             if free <= 0:
                 self.slots.freed.clear()
                 await self._until_stopping(self.slots.freed.wait())
@@ -266,13 +282,22 @@ class Worker:
             attempt.launch()
             attempts.append(attempt)
         if attempts:
+            self._undurable += len(attempts)
             starting.committed.add_done_callback(functools.partial(_start_ended, attempts))
+            starting.committed.add_done_callback(
+                functools.partial(self._start_durable_or_lost, len(attempts)))
 
     def _started(self, hold: SlotHold, task: asyncio.Task[None]) -> None:
         """Done-callback of a start: give back every slot no attempt took over, however
         the start ended (even cancelled before its first step)."""
         self._starts.discard(task)
         hold.give_rest()
+
+    def _start_durable_or_lost(self, n: int, _: asyncio.Task[None]) -> None:
+        """Done-callback of a pipelined start's commit, however it ended: its attempts no
+        longer count against the bound on undurable starts."""
+        self._undurable -= n
+        self.slots.freed.set()  # the claim loop may go on
 
     # --- what attempts call back -----------------------------------------------------------
 
@@ -285,6 +310,7 @@ class Worker:
     def forget(self, att: Attempt) -> None:
         if self.running.get(att.job_id) is att:
             del self.running[att.job_id]
+            self.slots.freed.set()  # room under _unsettled_max: the claim loop may go on
 
     def count_duration(self, job_type: str, seconds: float) -> None:
         _metrics_of(job_type).duration.observe(seconds)
