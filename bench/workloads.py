@@ -243,15 +243,7 @@ class Bench:
         w = WorkerProcess(self.target, 10, total, "latency", self.log)
         try:
             async with self.client() as service:
-                deadline = time.monotonic() + 60
-                while True:  # probes until the worker has run one, then let it settle
-                    try:
-                        await w.wait_for("ready", 0.1)
-                        break
-                    except TimeoutError:
-                        if time.monotonic() > deadline:
-                            raise
-                        await service.create(spec(-1.0))
+                await _until_ready(w, service)  # then let it settle
                 await asyncio.sleep(0.5)
                 behind = 0.0
                 enqueue: list[float] = []  # each create's own duration (its commit): ms
@@ -292,15 +284,7 @@ class Bench:
         w = WorkerProcess(self.target, 10, total, "latency", self.log)
         try:
             async with self.client() as service:
-                deadline = time.monotonic() + 60
-                while True:  # probes until the worker has run one
-                    try:
-                        await w.wait_for("ready", 0.1)
-                        break
-                    except TimeoutError:
-                        if time.monotonic() > deadline:
-                            raise
-                        await service.create(spec(-1.0))
+                await _until_ready(w, service)
                 # Due from 2 s from now: every job is made before the first falls due.
                 first = time.time() + 2.0
                 due = [first + i / rate for i in range(total)]
@@ -363,3 +347,16 @@ class Bench:
 
     def _drainer(self, concurrency: int, n: int) -> Callable[[], Awaitable[dict[str, Any]]]:
         return lambda: self.drain(concurrency, n)
+
+
+async def _until_ready(w: WorkerProcess, service: Any) -> None:
+    """Send probe jobs until the worker has run one (it is warm), for at most 60 s."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await w.wait_for("ready", 0.1)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+            await service.create(spec(-1.0))
