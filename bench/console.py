@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 from datetime import UTC, datetime
@@ -34,7 +33,13 @@ from playwright.async_api import async_playwright
 from bench.api_server import ApiServer
 from bench.millions import fill
 from bench.report import publish
-from bench.testbed import Target, Testbed, ensure_database, migrate, with_database
+from bench.testbed import (
+    Target,
+    Testbed,
+    add_store_arguments,
+    ensure_database,
+    migrate,
+)
 from bench.workloads import pct
 from shared.store.api_keys import ApiKeyStore
 
@@ -58,11 +63,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--times", type=int, default=20, help="repeats of each measurement")
-    ap.add_argument("--database-url", default=with_database(os.environ.get(
-        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"), "ajs_bench"))
-    ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
-                                                          "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--append", help="append the section to this markdown file")
+    add_store_arguments(ap)
     return ap.parse_args(argv)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +28,13 @@ import httpx
 
 from bench.api_server import ApiServer
 from bench.report import publish
-from bench.testbed import Target, ensure_database, fill_bytecode_cache, migrate, with_database
+from bench.testbed import (
+    Target,
+    add_store_arguments,
+    ensure_database,
+    fill_bytecode_cache,
+    migrate,
+)
 from bench.workloads import Bench, Plan, pct, spec
 from functions.api.deps import encode_cursor
 from shared.connections import Stores
@@ -49,11 +54,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--delete", type=int, default=1_000_000, help="rows retention deletes")
     ap.add_argument("--rate", type=float, default=200.0, help="enqueues/s during retention")
     ap.add_argument("--seconds", type=float, default=20.0, help="each fixed-rate window")
-    ap.add_argument("--database-url", default=with_database(os.environ.get(
-        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"), "ajs_bench"))
-    ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
-                                                          "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--append", help="append the section to this markdown file")
+    add_store_arguments(ap)
     return ap.parse_args(argv)
 
 

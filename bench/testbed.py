@@ -9,6 +9,7 @@ keys deleted, like the peer harness's ``reset()``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -76,6 +77,16 @@ class Target:
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
+
+
+def add_store_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--database-url`` (``DATABASE_URL``'s server, database ``ajs_bench``), ``--redis-url``
+    and ``--append``: what every long-run benchmark takes."""
+    ap.add_argument("--database-url", default=with_database(os.environ.get(
+        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"), "ajs_bench"))
+    ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
+                                                          "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--append", help="append the section to this markdown file")
 
 
 async def ensure_database(url: str) -> None:

@@ -74,16 +74,22 @@ def namespace() -> str:
     return "t_" + secrets.token_hex(5)
 
 
-@pytest.fixture
-async def settings(namespace: str) -> AsyncIterator[Settings]:
-    s = make_settings(namespace, namespace)
+async def migrated_settings(namespace: str, **overrides: Any) -> Settings:
+    """Settings over a new schema and key prefix, migrated, with the test job types'
+    ``runs`` table (drop them with ``drop_namespace``)."""
+    s = make_settings(namespace, namespace, **overrides)
     await asyncio.to_thread(migrate.upgrade, s.database_url, s.db_schema)
     conn = await asyncpg.connect(DATABASE_URL, server_settings={"search_path": namespace})
     try:
         await conn.execute(RUNS_DDL)
     finally:
         await conn.close()
-    yield s
+    return s
+
+
+@pytest.fixture
+async def settings(namespace: str) -> AsyncIterator[Settings]:
+    yield await migrated_settings(namespace)
     await drop_namespace(namespace)
 
 

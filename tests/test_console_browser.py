@@ -20,25 +20,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, expect
 
 from shared.settings import Settings
-from shared.store import migrate
 from tests.conftest import (
-    DATABASE_URL,
     ROOT,
     TEST_MODULES,
     create_key,
     drop_namespace,
-    make_settings,
+    migrated_settings,
     settings_env,
 )
 from tests.support.browser import Offline, api_server, behind_stage, chromium, screenshot
-from tests.support.jobtypes import RUNS_DDL
 from tests.support.waits import eventually
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
@@ -77,15 +73,8 @@ class Console:
 @module_fixture
 async def settings() -> AsyncIterator[Settings]:
     namespace = "t_" + secrets.token_hex(5)
-    s = make_settings(namespace, namespace,
-                      job_modules=[*TEST_MODULES, "tests.support.console_jobtypes"])
-    await asyncio.to_thread(migrate.upgrade, s.database_url, s.db_schema)
-    conn = await asyncpg.connect(DATABASE_URL, server_settings={"search_path": namespace})
-    try:
-        await conn.execute(RUNS_DDL)
-    finally:
-        await conn.close()
-    yield s
+    yield await migrated_settings(
+        namespace, job_modules=[*TEST_MODULES, "tests.support.console_jobtypes"])
     await drop_namespace(namespace)
 
 
