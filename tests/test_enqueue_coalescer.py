@@ -154,3 +154,21 @@ def test_a_loop_dropped_mid_flush_does_not_wedge_the_next_one(settings: Settings
             await stores.close()
 
     assert asyncio.run(later()) == "second loop"
+
+
+async def test_a_flush_cancelled_before_its_first_step_answers_its_callers(
+        stores: Stores, db: asyncpg.Pool) -> None:
+    enqueue = Recorded(stores)
+    coalescer = EnqueueCoalescer(enqueue, max_in_flight=1)
+    caller = asyncio.create_task(coalescer.enqueue(job("never")))
+    await asyncio.sleep(0)  # the caller queues its job and schedules a flush
+    await asyncio.sleep(0)  # the flush task is created; it has not run yet
+    assert coalescer._tasks
+    for flush in list(coalescer._tasks):
+        flush.cancel()  # before it ran a single step
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(caller, 5)
+    assert enqueue.sizes == [] and await stored(db, "never") == 0
+    # Its place in flight came back: the next create goes out (max_in_flight is 1).
+    row = await asyncio.wait_for(coalescer.enqueue(job("next")), 5)
+    assert row["payload"]["tag"] == "next"

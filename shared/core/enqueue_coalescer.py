@@ -29,6 +29,7 @@ Idempotency keys and batches do not come here: they keep their own all-or-nothin
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
@@ -96,18 +97,22 @@ class EnqueueCoalescer:
             if not batch:
                 continue
             self._in_flight += 1
-            task = loop.create_task(self._run(batch))
+            task = loop.create_task(self._settle(batch))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._flushed, loop, batch))
 
-    async def _run(self, batch: list[tuple[NewJob, asyncio.Future[Row]]]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await self._settle(batch)
-        finally:
-            if loop is self._loop:  # else _adopt has already started afresh elsewhere
-                self._in_flight -= 1
-                self._kick(loop)
+    def _flushed(self, loop: asyncio.AbstractEventLoop,
+                 batch: list[tuple[NewJob, asyncio.Future[Row]]],
+                 task: asyncio.Task[None]) -> None:
+        """Done-callback of a flush, however it ended: also when it was cancelled before
+        its first step, which no ``finally`` inside it would see. Its callers are answered
+        (cancelled, if nothing answered them) and its place in flight is given back."""
+        self._tasks.discard(task)
+        for _, done in batch:
+            _fail(done, asyncio.CancelledError())
+        if loop is self._loop:  # else _adopt has already started afresh elsewhere
+            self._in_flight -= 1
+            self._kick(loop)
 
     async def _settle(self, batch: list[tuple[NewJob, asyncio.Future[Row]]]) -> None:
         try:
