@@ -1,20 +1,27 @@
 """One settings object for every process.
 
-Every knob comes from the environment (prefix ``AJS_``) through pydantic-settings, so that
-the Lambda functions, the worker container and the tests configure themselves the same way.
-``DATABASE_URL`` and ``REDIS_URL`` are also read without the prefix because that is what
-hosting platforms and the README's examples set.
+Every knob comes from the environment (prefix ``AJS_``), so that the Lambda functions, the
+worker container and the tests configure themselves the same way. ``DATABASE_URL`` and
+``REDIS_URL`` are also read without the prefix because that is what hosting platforms and
+the README's examples set.
+
+A plain pydantic model and :func:`environment` (a dozen lines) read it, not
+pydantic-settings: of that library we used only the environment, and importing it loads
+every source it has (dotenv, CLI, AWS, Azure, GCP, TOML, YAML): 1 MB of each worker's
+resident memory (bench/RESULTS.md, issue 12). Names match whatever their case, keyword
+arguments win over the environment, and the few fields that are not plain values say
+how they read text themselves (comma lists, JSON), as with pydantic-settings' ``NoDecode``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from functools import lru_cache
-from typing import Annotated
+from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from shared.scopes import NAMESPACE_PATTERN, ScopeName
 
@@ -26,8 +33,12 @@ class IamGrant(BaseModel):
     namespace: str | None = Field(None, pattern=NAMESPACE_PATTERN)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AJS_", extra="ignore")
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_by_name=True, validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        """The environment's values, overridden by those given."""
+        super().__init__(**{**environment(type(self)), **values})
 
     # --- stores -------------------------------------------------------------------------
     database_url: str = Field(
@@ -56,14 +67,14 @@ class Settings(BaseSettings):
         "cluster mode enabled): route by hash slot, cancel signals over sharded pub/sub.")
     redis_prefix: str = Field("ajs", description="Prefix of every Redis key we write.")
     queue: str = Field("default", description="Queue the worker drains and jobs default to.")
-    lock_redis_urls: Annotated[list[str], NoDecode] = Field(
+    lock_redis_urls: list[str] = Field(
         default_factory=list,
         description="Independent Redis nodes for the per-job Redlock; empty means REDIS_URL.",
     )
     health_timeout: float = Field(1.0, description="Seconds each /health probe may take.")
 
     # --- jobs ---------------------------------------------------------------------------
-    job_modules: Annotated[list[str], NoDecode] = Field(
+    job_modules: list[str] = Field(
         default_factory=list,
         description="Modules that register user job types (imported at start-up).",
     )
@@ -122,7 +133,7 @@ class Settings(BaseSettings):
         "beyond waits for a free one.")
     api_redis_pool_timeout: float = Field(
         5.0, gt=0, description="Seconds a request waits for a free Redis connection (then 503).")
-    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+    api_allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host headers the API answers (a leading '*.' matches subdomains); "
         "others get 400. Empty: any host. Comma-separated in the environment.")
@@ -224,7 +235,7 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Default per delivery.")
     webhook_retry_after_max: float = Field(
         3600.0, description="Longest Retry-After a receiver may ask for (seconds).")
-    webhook_allowlist: Annotated[list[str], NoDecode] = Field(
+    webhook_allowlist: list[str] = Field(
         default_factory=list,
         description="Networks (CIDR) the SSRF guard admits although loopback, private, "
         "link-local or otherwise not global. Comma-separated in the environment.",
@@ -249,7 +260,7 @@ class Settings(BaseSettings):
                                "job reads.")
     data_max_source_bytes: int = Field(
         2 * 1024**3, ge=1, description="Largest data_processing source object in S3.")
-    s3_write_prefixes: Annotated[list[str], NoDecode] = Field(
+    s3_write_prefixes: list[str] = Field(
         default_factory=list,
         description="s3://bucket/prefix locations jobs may write to (comma-separated; '*' "
         "allows any). Set: other destinations are refused at create time (422) and by the "
@@ -286,6 +297,11 @@ class Settings(BaseSettings):
         return value
     # --- end job types --------------------------------------------------------------------
 
+    @field_validator("auth_iam_principals", mode="before")
+    @classmethod
+    def _decode_json(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
+
     @field_validator("lock_redis_urls", "job_modules", "api_allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -303,6 +319,21 @@ class Settings(BaseSettings):
     @property
     def lock_urls(self) -> list[str]:
         return self.lock_redis_urls or [self.redis_url]
+
+
+def environment(model: type[BaseModel]) -> dict[str, str]:
+    """The environment's value of each field: ``AJS_<NAME>``, or the names its
+    ``validation_alias`` lists, matched whatever their case."""
+    env = {key.upper(): value for key, value in os.environ.items()}
+    found: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        keys = alias.choices if isinstance(alias, AliasChoices) else [f"AJS_{name}"]
+        for key in keys:
+            if isinstance(key, str) and key.upper() in env:
+                found[name] = env[key.upper()]
+                break
+    return found
 
 
 @lru_cache(maxsize=1)

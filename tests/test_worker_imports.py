@@ -27,6 +27,7 @@ NOT_AT_START = [
     "cryptography.fernet",  # sealed webhook credentials
     "aws_lambda_powertools", "jmespath",  # Lambda's logger; the worker logs with logging
     "fastapi", "starlette", "mangum", "uvicorn",  # the API
+    "pydantic_settings", "dotenv",  # settings are read by shared.settings itself: 1 MB
 ]
 
 PROBE = """
