@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # What a type needs to run a job, not to validate its payload, and what only Lambda uses.
@@ -36,8 +38,13 @@ import worker.__main__, worker.pool, worker.reporting
 from shared.registry import load
 from shared.settings import Settings
 registry = load(Settings().job_modules)
-print(json.dumps({"types": sorted(registry.names()), "modules": sorted(sys.modules)}))
+built = sorted(t.name for t in registry.all() if t.payload_model.__pydantic_complete__)
+print(json.dumps({"types": sorted(registry.names()), "modules": sorted(sys.modules),
+                  "built": built}))
 """
+
+
+BUILT_IN = {"data_processing", "email", "image_processing", "report_generation", "webhook"}
 
 
 def _started_worker_modules(**env: str) -> dict[str, list[str]]:
@@ -51,10 +58,27 @@ def _started_worker_modules(**env: str) -> dict[str, list[str]]:
 
 def test_worker_start_imports_no_handler_library() -> None:
     loaded = _started_worker_modules()
-    assert {"data_processing", "email", "image_processing", "report_generation",
-            "webhook"} <= set(loaded["types"])
+    assert set(loaded["types"]) >= BUILT_IN
     present = [m for m in NOT_AT_START if m in loaded["modules"]]
     assert present == [], f"imported at worker start: {present}"
+
+
+def test_worker_start_builds_no_built_in_payload_model() -> None:
+    """The five types' payload models are ``defer_build``: their validators (pydantic's
+    core schemas, 0.25 MB) are built by the first payload of that type, in the API or the
+    worker, not by every worker at start."""
+    built = set(_started_worker_modules()["built"])
+    assert built & BUILT_IN == set(), f"built at worker start: {sorted(built & BUILT_IN)}"
+
+
+def test_a_deferred_payload_model_still_validates_on_first_use() -> None:
+    from pydantic import ValidationError
+
+    from shared.job_types.image_processing import ImagePayload
+
+    with pytest.raises(ValidationError) as caught:
+        ImagePayload.model_validate({"source": "s3://b/k", "operations": [{"op": "spin"}]})
+    assert "operations" in {e["loc"][0] for e in caught.value.errors()}
 
 
 def test_an_email_payload_is_still_validated_without_sending() -> None:

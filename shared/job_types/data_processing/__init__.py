@@ -28,7 +28,7 @@ Comparison = Literal["eq", "ne", "gt", "ge", "lt", "le", "in", "not_in", "contai
 
 
 class _Op(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class Filter(_Op):
@@ -57,7 +57,7 @@ class Select(_Op):
 
 
 class Aggregate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     fn: Literal["count", "sum", "mean", "min", "max"]
     field: str | None = Field(None, description="Required except for count (rows).")
@@ -98,7 +98,7 @@ Source = Annotated[
 
 class DataProcessingPayload(BaseModel):
     # Inline records are data: a validation error (stored as last_error) must not quote them.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, defer_build=True)
 
     source: Source = Field(description="s3://bucket/key, or a list of records (objects).")
     format: Literal["csv", "jsonl"] = Field(description="Format of the source and output.")

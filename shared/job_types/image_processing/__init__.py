@@ -18,7 +18,7 @@ Side = Annotated[int, Field(ge=1, le=20_000)]
 
 
 class _Op(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class Resize(_Op):
@@ -76,7 +76,7 @@ Operation = Annotated[Resize | Thumbnail | Crop | Rotate | Grayscale, Field(disc
 
 
 class ImagePayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     source: S3Uri
     operations: list[Operation] = Field(default_factory=list, max_length=20)

@@ -17,7 +17,7 @@ from shared.registry import JobContext, job_type
 
 
 class ReportPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     report: Literal["job_activity", "table"] = "job_activity"
     format: Literal["html", "csv"] = "html"

@@ -40,7 +40,7 @@ def _cannot_seal(info: ValidationInfo) -> bool:
 class WebhookPayload(BaseModel):
     # A validation error's text would quote its input, credentials included, and the
     # worker stores that text as the job's last_error, which answers show.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, defer_build=True)
 
     url: HttpUrl = Field(description="http:// or https:// URL of the receiver.")
     method: Literal["POST", "PUT"] = "POST"
