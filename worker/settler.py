@@ -119,6 +119,9 @@ class Settler:
                 if self._closing:
                     if flying:
                         await asyncio.wait(flying)
+                    if self._items:  # handed over while the last commits ran
+                        self._wake.set()
+                        continue
                     self._commit_done = True
                     self._moves_wake.set()
                     return
