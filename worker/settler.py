@@ -115,7 +115,10 @@ class Settler:
                         continue
                     batch, self._items = (self._items[: self.batch_max],
                                           self._items[self.batch_max:])
-                    flying.add(asyncio.create_task(self._commit_then_move(batch)))
+                    if self.commits_max == 1:  # inline, as cheap as it always was
+                        await self._commit_then_move(batch)
+                    else:
+                        flying.add(asyncio.create_task(self._commit_then_move(batch)))
                 if self._closing:
                     if flying:
                         await asyncio.wait(flying)
