@@ -104,9 +104,12 @@ async def _free(worker: Any) -> bool:
 # --- 2. cancels racing starts ------------------------------------------------------------------
 
 
+# 8: pipelined starts, one settle commit at a time; 32: starts committed in their one
+# statement, two settle commits at once (``worker.pool``: from 20 slots up).
+@pytest.mark.parametrize("concurrency", [8, 32])
 async def test_cancels_at_random_moments_around_start_leave_no_slot_behind(
-        service, store, db, start_worker):
-    concurrency, batches, per_batch = 8, 40, 50  # 2,000 jobs, each cancelled once
+        service, store, db, start_worker, concurrency):
+    batches, per_batch = 40, 50  # 2,000 jobs, each cancelled once
     handle = await start_worker(worker_concurrency=concurrency)
     rng = random.Random(8)
     answers: dict[uuid.UUID, str] = {}

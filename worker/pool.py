@@ -6,8 +6,9 @@ One asyncio process runs up to ``concurrency`` jobs at once:
    queues to the lease set (priority first, limits honoured, each job's lock taken);
 2. **start** (``_start``): ``Lifecycle.begin`` begins the attempts in PostgreSQL
    (``attempts + 1``: the fencing token) and hands back in Redis what no longer waits;
-   it returns as soon as the UPDATE has decided which jobs start, with the commit in
-   flight (pipelined start: the handlers do not wait for the WAL flush);
+   below 20 slots it returns as soon as the UPDATE has decided which jobs start, with the
+   commit in flight (pipelined start: the handlers do not wait for the WAL flush); from 20
+   up, once the start has committed;
 3. **attempt** (``worker/attempt.py``): each started job runs its handler and commits its
    outcome through the settler (``worker/settler.py``: PostgreSQL first, Redis after),
    once its start's commit has succeeded.
@@ -119,6 +120,16 @@ class Worker:
         # 8.5k jobs/s against 12k for half: bench/RESULTS.md, issue 12, final run).
         concurrency = settings.worker_concurrency
         self._claim_max = min(concurrency, max(10, (concurrency + 1) // 2))
+        # Below 20 slots the start is pipelined (the handlers do not wait for its WAL
+        # flush: with few slots that wait is most of a job's turn; drain at 10 went from
+        # 4.1k to 5.3-6.1k jobs/s). From 20 up enough claims are in flight to cover the
+        # flush, and what costs is the CPU of the pipelined start's two more statements
+        # (BEGIN, COMMIT), its commit task and each attempt's wait on it: the start
+        # commits in its one statement instead, and two settles commit at once, so that
+        # the settles keep up with the starts under the bound on unsettled attempts
+        # (drain at 100: bench/RESULTS.md, issue 12, "drain at 100").
+        self._pipelined = concurrency < 20
+        self._settle_commits = 1 if self._pipelined else 2
         # Attempts whose start has not yet committed: at most twice the slots (what may
         # run again if PostgreSQL loses them). Attempts not yet settled: at most three
         # times the slots (unbounded, a drain at 100 peaked at 61-68 MB instead of 53).
@@ -144,7 +155,8 @@ class Worker:
         await self._warm()
         release = None if self.inline_locks else self._release_locks
         self.settler = Settler(self.lifecycle, self.queue, self.lock_token, release,
-                               self.settings.settle_batch_max)
+                               self.settings.settle_batch_max,
+                               commits_max=self._settle_commits)
         self.settler.start()
         self._background = background(self)
         log.info("worker started", extra={"worker_id": self.settings.worker_id,
@@ -266,7 +278,8 @@ class Worker:
                 _, busy = await self.stores.locks.acquire(
                     [c[0] for c in fresh], self.token, self.settings.lease_seconds)
             starting = await self.lifecycle.begin(self.queue, fresh, self.settings.worker_id,
-                                                  busy=busy, lock_token=self.lock_token)
+                                                  busy=busy, lock_token=self.lock_token,
+                                                  pipelined=self._pipelined)
         except STORE_ERRORS as exc:
             # The jobs stay in our lease set; if we cannot reach the stores they come back
             # to the queue when the lease expires.
@@ -274,14 +287,15 @@ class Worker:
             await self._until_stopping(asyncio.sleep(1.0))
             return
         # Pipelined start: the handlers run while the start's commit is in flight; each
-        # attempt's settle waits for it (``Attempt.start_durable``).
+        # attempt's settle waits for it (``Attempt.start_durable``). Not pipelined: the
+        # start is durable already (``committed`` is None).
         attempts = []
         for row in starting.rows:
             hold.hand_over()
             attempt = Attempt(self, row, self.registry.get(row["job_type"]), starting.committed)
             attempt.launch()
             attempts.append(attempt)
-        if attempts:
+        if attempts and starting.committed is not None:
             self._undurable += len(attempts)
             starting.committed.add_done_callback(functools.partial(_start_ended, attempts))
             starting.committed.add_done_callback(

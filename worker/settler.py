@@ -8,7 +8,8 @@ own. If the worker dies before a move is made, nothing is lost: PostgreSQL alrea
 the outcome, the job's lease expires, and lease recovery places it where its state says.
 
 While one batch is being written the next one gathers, so at high throughput the cost per
-job falls, and at low throughput a lone job is written at once.
+job falls, and at low throughput a lone job is written at once. A worker of 20 slots or
+more lets two batches commit at once (``commits_max``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ class Settler:
     lock_token: str = ""  # the lock is released inside move.lua (single Redis node)
     release_locks: Callable[[list[str]], Awaitable[None]] | None = None  # or by Redlock
     batch_max: int = 500
+    # Commits in flight at once, each on its own connection. One: while a batch commits
+    # the next gathers. Two (the worker's choice from concurrency 20 up): a batch need not
+    # wait for the previous one's WAL flush, so the settles keep up with the starts; the
+    # batches hold distinct jobs (a job has one attempt at a time in a worker), so their
+    # order does not matter, and PostgreSQL flushes the two commits together.
+    commits_max: int = 1
     retry_delay: float = 0.5
     _items: list[Pending] = field(default_factory=list)
     _moves: list[Move] = field(default_factory=list)
@@ -93,19 +100,42 @@ class Settler:
     # --- PostgreSQL ------------------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._items:
-                batch, self._items = (self._items[: self.batch_max],
-                                      self._items[self.batch_max:])
-                settled = await self._commit(batch)
-                self._moves.extend(settled.moves)
-                self._moves_wake.set()
-            if self._closing:
-                self._commit_done = True
-                self._moves_wake.set()
-                return
+        flying: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._items:
+                    if len(flying) >= self.commits_max:
+                        await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                    for task in [t for t in flying if t.done()]:
+                        flying.discard(task)
+                        task.result()  # a bug of ours ends the loop, as it always did
+                    if len(flying) >= self.commits_max:
+                        continue
+                    batch, self._items = (self._items[: self.batch_max],
+                                          self._items[self.batch_max:])
+                    if self.commits_max == 1:  # inline, as cheap as it always was
+                        await self._commit_then_move(batch)
+                    else:
+                        flying.add(asyncio.create_task(self._commit_then_move(batch)))
+                if self._closing:
+                    if flying:
+                        await asyncio.wait(flying)
+                    if self._items:  # handed over while the last commits ran
+                        self._wake.set()
+                        continue
+                    self._commit_done = True
+                    self._moves_wake.set()
+                    return
+        finally:
+            for task in flying:  # cancelled (a stop that timed out): so are our commits
+                task.cancel()
+
+    async def _commit_then_move(self, batch: list[Pending]) -> None:
+        settled = await self._commit(batch)
+        self._moves.extend(settled.moves)
+        self._moves_wake.set()
 
     async def _commit(self, batch: list[Pending]) -> Settled:
         outcomes = [p.outcome for p in batch]

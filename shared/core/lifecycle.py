@@ -168,7 +168,8 @@ class Starting:
     """Attempts whose start is decided, and the commit that makes it durable."""
 
     rows: list[Row]
-    committed: asyncio.Task[None]  # raises if the start did not commit
+    # Raises if the start did not commit; None: committed before ``begin`` returned.
+    committed: asyncio.Task[None] | None
 
 
 @dataclass
@@ -233,25 +234,30 @@ class Lifecycle:
         those whose lock an earlier holder still has (``busy``: seconds left). Returns once
         the start is committed (see :meth:`begin` for the worker's pipelined start)."""
         starting = await self.begin(queue, claimed, worker, busy=busy, lock_token=lock_token)
-        await starting.committed
+        if starting.committed is not None:
+            await starting.committed
         return starting.rows
 
     async def begin(self, queue: RedisQueue, claimed: Sequence[tuple[str, str, int]],
                     worker: str, *, busy: dict[str, float] | None = None,
-                    lock_token: str = "") -> Starting:
+                    lock_token: str = "", pipelined: bool = True) -> Starting:
         """:meth:`start`, pipelined: the rows come back as soon as PostgreSQL has decided
         which jobs start (the UPDATE ran in an open transaction that holds their rows),
         with the commit still in flight (``Starting.committed``). The attempts may run
         meanwhile; nothing may be written under their tokens until the commit succeeded
         (the worker's settle waits for it), and if it fails their outcomes are dropped
-        and lease recovery decides from what PostgreSQL holds."""
+        and lease recovery decides from what PostgreSQL holds.
+
+        ``pipelined=False``: the start is committed before this returns (one statement,
+        no open transaction; ``Starting.committed`` is None)."""
         busy = busy or {}
         claimed_rows, committed = await self.store.claim_open(
-            [c[0] for c in claimed if c[0] not in busy], worker)
+            [c[0] for c in claimed if c[0] not in busy], worker, pipelined=pipelined)
         rows: list[Row] = list(claimed_rows)
         if any(r["skip_overlap"] and r["schedule_id"] for r in rows):
             # Skipping settles rows at once: that needs the start committed first.
-            await committed
+            if committed is not None:
+                await committed
             rows = await self._skip_overlapping(rows)
         started = {str(r["id"]) for r in rows}
         now = wall_ms()

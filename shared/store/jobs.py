@@ -630,8 +630,9 @@ class JobStore:
         """
         return await self.pool.fetch(CLAIM_SQL, list(job_ids), worker)
 
-    async def claim_open(self, job_ids: Sequence[uuid.UUID | str], worker: str
-                         ) -> tuple[list[asyncpg.Record], asyncio.Task[None]]:
+    async def claim_open(self, job_ids: Sequence[uuid.UUID | str], worker: str, *,
+                         pipelined: bool = True
+                         ) -> tuple[list[asyncpg.Record], asyncio.Task[None] | None]:
         """:meth:`claim` without waiting for its commit: the rows as soon as the UPDATE
         has run, and the commit in flight (a task; it raises if the commit fails).
 
@@ -641,13 +642,12 @@ class JobStore:
         WAL flush that makes the new attempt number durable, is left; the caller may run
         the attempt meanwhile but must write nothing under its token before the task
         succeeds. On a store holding one connection (a transaction of the caller's), the
-        claim commits with that transaction and the task is done at once.
+        claim commits with that transaction, and there is no task (None); so too with
+        ``pipelined=False``: the plain :meth:`claim`, one statement, committed when it
+        returns.
         """
-        if not isinstance(self.pool, asyncpg.Pool):
-            rows = await self.claim(job_ids, worker)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return rows, asyncio.ensure_future(done)
+        if not pipelined or not isinstance(self.pool, asyncpg.Pool):
+            return await self.claim(job_ids, worker), None
         pool = self.pool
         conn = await pool.acquire()
         try:
