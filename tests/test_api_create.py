@@ -412,7 +412,7 @@ async def test_batch_of_1000_is_one_insert_and_one_redis_command(settings: Setti
 
     ours = [q for q in statements if q != reset_query]  # the pool's own reset on release
     assert len(ours) == 1, ours
-    assert ours[0].lstrip().startswith("INSERT INTO jobs")
+    assert ours[0].lstrip().startswith("WITH made AS (\n    INSERT INTO jobs")
     mine = {(c["client_address"], c["client_port"]) for c in commands
             if namespace in c["command"] and c["client_type"] != "lua"}
     assert len(mine) == 1
