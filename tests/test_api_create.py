@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 
 from shared.queue.redis_queue import SCALE
 from shared.settings import Settings
+from shared.store.jobs import new_ids
 from tests.conftest import admin_headers
 from tests.support.api_checks import (
     RedisMonitor,
@@ -352,6 +354,26 @@ async def test_batch_creates_every_job_in_request_order(api, db, namespace):
     assert await job_count(db) == 25
     ready = (await redis_state(namespace))[f"{{{namespace}:default}}:ready:noop"]
     assert {m for m, _ in ready} == {j["id"] for j in out}
+    # What is stored is what was answered: each job its own payload (the batch sends the
+    # payloads as one array that each row takes its element of) and creation time.
+    stored = {str(r["id"]): r for r in await db.fetch(
+        "SELECT id, seq, payload, priority, created_at FROM jobs")}
+    for j in out:
+        row = stored[j["id"]]
+        assert (row["payload"], row["priority"]) == (j["payload"], j["priority"])
+        assert row["created_at"] == datetime.fromisoformat(j["created_at"])
+
+
+async def test_job_ids_are_random_and_ordered_by_creation_time():
+    """Version 7 ids (time first, then 74 random bits): a batch lands where the previous one
+    did in the primary key, and no two ids are alike."""
+    first = new_ids(1_000)
+    await asyncio.sleep(0.002)
+    later = new_ids(1)
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in [*first, *later])
+    assert len({*first, *later}) == 1_001
+    assert max(first) < later[0]
+    assert {str(u)[:13] for u in first} == {str(first[0])[:13]}  # one batch, one time
 
 
 @pytest.mark.parametrize(("bad", "loc"), [
@@ -412,7 +434,7 @@ async def test_batch_of_1000_is_one_insert_and_one_redis_command(settings: Setti
 
     ours = [q for q in statements if q != reset_query]  # the pool's own reset on release
     assert len(ours) == 1, ours
-    assert ours[0].lstrip().startswith("INSERT INTO jobs")
+    assert ours[0].lstrip().startswith("WITH made AS (\n    INSERT INTO jobs")
     mine = {(c["client_address"], c["client_port"]) for c in commands
             if namespace in c["command"] and c["client_type"] != "lua"}
     assert len(mine) == 1

@@ -7,7 +7,7 @@ import time
 import uuid
 
 from shared.core.lifecycle import Move
-from shared.queue.redis_queue import Placement, RedisQueue, TypeLimit, connect
+from shared.queue.redis_queue import Placement, RedisQueue, TypeLimit, connect, ready_score
 from tests.support.servers import RedisServer
 
 
@@ -29,6 +29,27 @@ async def test_claim_takes_at_most_the_free_slots_in_priority_then_fifo_order(st
     rest, _ = await queue.claim(10, 30, TYPES)
     assert [c[0] for c in rest] == [str(p.job_id) for p in low[2:]]
     assert await stores.redis.zcard(queue.k_lease) == 10
+
+
+async def test_push_places_a_large_mixed_batch_once_each_and_keeps_earlier_places(stores):
+    """push.lua adds ready jobs with one ZADD per type, in slices: more jobs than a slice,
+    two types, delayed ones among them, and a job pushed again keeps its first score."""
+    queue = stores.queue()
+    earlier = _placements(1, "a", priority=1, start=1)
+    assert await queue.push(earlier) == 1
+    ready_a = _placements(2_500, "a", start=10)
+    ready_b = _placements(1_200, "b", start=5_000)
+    delayed = _placements(3, "a", start=9_000, due_ms=await queue.now_ms() + 3_600_000)
+    again = [Placement(earlier[0].job_id, "a", 9, 99_999)]
+    mixed = [*ready_a[:1_000], *ready_b, *delayed, *again, *ready_a[1_000:]]
+    assert await queue.push(mixed) == 2_500 + 1_200 + 3
+    r = stores.redis
+    assert await r.zcard(queue.ready_key("a")) == 2_501
+    assert await r.zcard(queue.ready_key("b")) == 1_200
+    assert await r.zcard(queue.k_delayed) == 3
+    assert await r.zscore(queue.ready_key("a"), str(earlier[0].job_id)) == ready_score(1, 1)
+    assert await r.zscore(queue.ready_key("b"), str(ready_b[-1].job_id)) == ready_score(5, 6_199)
+    assert await r.smembers(queue.k_types) >= {"a", "b"}
 
 
 async def test_claim_skips_types_the_worker_does_not_know(stores):

@@ -95,11 +95,41 @@ def _input_path(data: Any, loc: Sequence[str | int], kind: str) -> list[str | in
 _UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
 
 
+def _storable(payload: Any) -> bool:
+    """Whether jsonb can store every value of a payload: the common case, checked without
+    building the path to each value (which cost more than the check itself)."""
+    todo: list[Any] = [payload]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and _UNSTORABLE_CHARS.search(key):
+                    return False
+                if isinstance(item, str):
+                    if _UNSTORABLE_CHARS.search(item):
+                        return False
+                elif isinstance(item, float):
+                    if not math.isfinite(item):
+                        return False
+                elif isinstance(item, dict | list | tuple):
+                    todo.append(item)
+        elif isinstance(value, list | tuple):
+            todo.extend(value)
+        elif isinstance(value, str):
+            if _UNSTORABLE_CHARS.search(value):
+                return False
+        elif isinstance(value, float) and not math.isfinite(value):
+            return False
+    return True
+
+
 def _unstorable(payload: Any) -> tuple[list[str | int], str] | None:
     """Where a payload holds what jsonb cannot store: NaN, infinities, NUL, surrogates.
 
     Iterative: a payload may nest as deep as the JSON parser allowed.
     """
+    if _storable(payload):
+        return None
     todo: list[tuple[Any, list[str | int]]] = [(payload, [])]
     while todo:
         value, path = todo.pop()
@@ -123,6 +153,15 @@ def _deeper_than(payload: Any, limit: int) -> list[str | int] | None:
     Iterative, and run before pydantic sees the payload: its serializer gives up (a 500)
     somewhere past 255 levels, and nothing legitimate nests that deep.
     """
+    # First by depth alone, visiting containers only: the path is built for the rare
+    # payload that is too deep.
+    level: list[Any] = [payload]
+    for _ in range(limit):
+        level = [item for value in level
+                 for item in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(item, dict | list)]
+        if not level:
+            return None
     todo: list[tuple[Any, list[str | int]]] = [(payload, [])]
     while todo:
         value, path = todo.pop()

@@ -7,7 +7,10 @@ local base = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local placed = 0
-local seen = {}
+-- Ready jobs are gathered per type and added with one ZADD per type (in slices that stay
+-- within Lua's stack): a call per job cost a 1,000-job push more than the adds themselves.
+local ready = {}
+local order = {}
 for i = 2, #ARGV do
   local id, jtype, score, due = string.match(ARGV[i], '^([^|]+)|([^|]+)|([^|]+)|([^|]+)$')
   due = tonumber(due)
@@ -15,12 +18,25 @@ for i = 2, #ARGV do
     placed = placed + redis.call('ZADD', KEYS[2], 'NX', due, id)
     redis.call('HSET', KEYS[3], id, jtype .. '|' .. score)
   else
-    placed = placed + redis.call('ZADD', base .. ':ready:' .. jtype, 'NX', score, id)
-    if not seen[jtype] then
-      seen[jtype] = true
-      redis.call('SADD', KEYS[1], jtype)
+    local pairs_ = ready[jtype]
+    if not pairs_ then
+      pairs_ = {}
+      ready[jtype] = pairs_
+      order[#order + 1] = jtype
     end
+    pairs_[#pairs_ + 1] = score
+    pairs_[#pairs_ + 1] = id
   end
+end
+local SLICE = 2000  -- elements (score, id) per ZADD
+for _, jtype in ipairs(order) do
+  local pairs_ = ready[jtype]
+  local key = base .. ':ready:' .. jtype
+  for first = 1, #pairs_, SLICE do
+    placed = placed + redis.call('ZADD', key, 'NX',
+                                 unpack(pairs_, first, math.min(first + SLICE - 1, #pairs_)))
+  end
+  redis.call('SADD', KEYS[1], jtype)
 end
 redis.call('RPUSH', KEYS[4], '1')
 redis.call('LTRIM', KEYS[4], -64, -1)
