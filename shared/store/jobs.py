@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -127,32 +126,23 @@ INSERT_RUNS_SQL = """
     RETURNING id, seq, created_at"""
 
 
-# Byte 6 of a version 7 id: the version in its high nibble; byte 8: the RFC 9562 variant.
-_VERSION_7 = bytes(0x70 | (b & 0x0F) for b in range(256))
+# Byte 6 of a version 4 id: the version in its high nibble; byte 8: the RFC 9562 variant.
+_VERSION_4 = bytes(0x40 | (b & 0x0F) for b in range(256))
 _VARIANT = bytes(0x80 | (b & 0x3F) for b in range(256))
 
 
 def new_ids(n: int) -> list[uuid.UUID]:
-    """``n`` job ids, time-ordered (RFC 9562 version 7: milliseconds since the epoch, then
-    74 random bits).
+    """``n`` random job ids (version 4, as ``uuid.uuid4()``), from one ``os.urandom`` read
+    and as asyncpg's own UUID type (what rows read back hold): a tenth of ``uuid4()``'s
+    CPU, and a faster ``str()`` for the Redis push; for a batch of 1,000, 3 ms less.
 
-    Time-ordered, because the primary key is a b-tree: random (version 4) ids put each new
-    job on a random leaf page, so a batch touches a page per job (in a table of millions,
-    each one read from disk and, first after a checkpoint, written whole to the WAL), while
-    these go where the last batch went. 74 random bits keep them unguessable. Built from
-    one ``os.urandom`` read as asyncpg's own UUID type (what rows read back hold): a tenth
-    of ``uuid.uuid4()``'s CPU, and a faster ``str()`` for the Redis push.
+    Random, not time-ordered (version 7), although version 7 would put a batch's keys on
+    the primary key's last pages instead of a page each: a version 7 id begins with its
+    millisecond, so the console's short ids and id-prefix search, which read an id's first
+    characters, would show the same text for every job made in the same millisecond.
     """
-    stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big")
-    if n == 1:  # a single create: the slicing below would cost more than it saves
-        rand = bytearray(os.urandom(10))
-        rand[0] = _VERSION_7[rand[0]]
-        rand[2] = _VARIANT[rand[2]]
-        return [PgUUID(stamp + rand)]
     raw = bytearray(os.urandom(16 * n))
-    for k in range(6):
-        raw[k::16] = stamp[k:k + 1] * n
-    raw[6::16] = bytes(raw[6::16]).translate(_VERSION_7)
+    raw[6::16] = bytes(raw[6::16]).translate(_VERSION_4)
     raw[8::16] = bytes(raw[8::16]).translate(_VARIANT)
     data = bytes(raw)
     return [PgUUID(data[i:i + 16]) for i in range(0, 16 * n, 16)]
