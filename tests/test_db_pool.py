@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from shared.store.pool import create_pool
 
 
@@ -43,3 +45,15 @@ async def test_behind_a_proxy_the_pool_caches_no_statements(settings):
             assert conn._stmt_cache.get_max_size() == 0
     finally:
         await pool.close()
+
+
+async def test_a_worker_opens_its_connections_before_its_first_claim(start_worker):
+    # worker_db_connections, not db_pool_max (5 in these tests): every one of them open
+    # before the first claim, so no job waits for a connection being opened mid-run.
+    handle = await start_worker(worker_db_connections=3, worker_concurrency=4)
+    deadline = asyncio.get_running_loop().time() + 10
+    while not handle.worker.ready:
+        assert not handle.task.done() and asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    assert handle.worker.pool.get_max_size() == 3
+    assert handle.worker.pool.get_size() == 3

@@ -94,7 +94,9 @@ class Worker:
         # (asyncpg would close one idle for 5 minutes, and reopen it in the middle of a
         # burst): opening one costs milliseconds, which a job's pickup would wait for.
         self.stores = stores or Stores(settings, pool_options={
-            "min_size": settings.db_pool_max, "max_inactive_connection_lifetime": 0})
+            "min_size": settings.worker_db_connections,
+            "max_size": settings.worker_db_connections,
+            "max_inactive_connection_lifetime": 0})
         self.queue = self.stores.queue(settings.queue)
         self.types = registry.limits(settings.queue)
         self.limited = {t.job_type for t in self.types if t.concurrency}
