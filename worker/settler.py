@@ -131,6 +131,7 @@ class Settler:
         finally:
             for task in flying:  # cancelled (a stop that timed out): so are our commits
                 task.cancel()
+            await asyncio.gather(*flying, return_exceptions=True)
 
     async def _commit_then_move(self, batch: list[Pending]) -> None:
         settled = await self._commit(batch)
