@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from bench import stages
 from bench.recorder import recorder
 from shared.registry import JobContext, job_type
 
 NOOP = "bench_noop"
+
+if stages.ENABLED:
+    stages.install()
 
 
 class Stamp(BaseModel):
@@ -23,3 +27,7 @@ class Stamp(BaseModel):
 async def bench_noop(payload: Stamp, ctx: JobContext) -> None:
     """Record the start, do nothing else."""
     recorder.record(payload.t_enq)
+    if stages.ENABLED and payload.t_enq >= 0:
+        stages.record(ctx.job_id, payload.t_enq)
+        if recorder.count == recorder.expect:
+            stages.dump(recorder.out)

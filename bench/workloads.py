@@ -34,6 +34,7 @@ from typing import IO, Any
 
 import httpx
 
+from bench import stages
 from bench.api_server import ApiServer
 from bench.counters import cost, process_cpu_s, snapshot
 from bench.jobs import NOOP
@@ -247,6 +248,7 @@ class Bench:
                 await asyncio.sleep(0.5)
                 behind = 0.0
                 enqueue: list[float] = []  # each create's own duration (its commit): ms
+                returned: dict[float, float] = {}  # t_enq -> when its create returned
                 t0 = time.monotonic()
                 for i in range(total):
                     delay = t0 + i / rate - time.monotonic()
@@ -256,10 +258,15 @@ class Bench:
                         behind = max(behind, -delay)
                     t_enq = time.time()
                     await service.create(spec(t_enq))
-                    enqueue.append((time.time() - t_enq) * 1000)
+                    t_ret = time.time()
+                    returned[t_enq] = t_ret
+                    enqueue.append((t_ret - t_enq) * 1000)
                 sent_s = time.monotonic() - t0
             await w.wait_for("done", 60)
             lat = sorted(x * 1000 for x in w.latencies())
+            if stages.ENABLED:  # the stage profile (bench/stages.py), printed as is
+                await w.wait_for("stages.json", 10)
+                self.say(stages.summarise(stages.load(w.path("stages.json")), returned, pct))
         finally:
             ended = await w.stop()
         return {"n": len(lat), "p50_ms": round(pct(lat, 50), 2), "p95_ms": round(pct(lat, 95), 2),
