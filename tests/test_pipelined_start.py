@@ -111,3 +111,52 @@ async def test_while_starts_cannot_commit_the_worker_runs_at_most_twice_its_slot
             "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'") == 40
 
     await eventually(all_completed, timeout=30, what="every job once the commits go through")
+
+
+async def _parked_pid(handle) -> int | None:
+    """The server pid of the connection the worker keeps begun for its next start."""
+    conn = handle.worker.lifecycle.store._begun
+    return conn.get_server_pid() if conn is not None else None
+
+
+async def test_the_next_start_is_begun_ahead_and_holds_no_snapshot(service, store, db,
+                                                                   start_worker):
+    handle = await start_worker(worker_concurrency=2)
+    first, _ = await service.create(JobCreate(job_type="record", payload={"seconds": 0}))
+
+    async def done(job_id):
+        r = await store.get(job_id)
+        return r if r["status"] == "COMPLETED" else None
+
+    await eventually(lambda: done(first["id"]), what="the first job to complete")
+    pid = await eventually(lambda: _parked_pid(handle),
+                           what="a connection begun ahead of the next start")
+    # Begun, nothing run in it yet: no snapshot and no transaction id, so it holds back
+    # neither VACUUM nor anyone's locks.
+    session = await db.fetchrow(
+        "SELECT state, backend_xmin, backend_xid FROM pg_stat_activity WHERE pid = $1", pid)
+    assert session["state"] == "idle in transaction"
+    assert session["backend_xmin"] is None and session["backend_xid"] is None
+
+    # A job made after that BEGIN: its start is stamped when its UPDATE runs, not when
+    # the transaction it runs in began.
+    second, _ = await service.create(JobCreate(job_type="record", payload={"seconds": 0}))
+    ran = await eventually(lambda: done(second["id"]), what="the second job to complete")
+    assert ran["started_at"] >= ran["created_at"]
+    assert ran["attempts"] == 1
+
+
+async def test_a_stopped_worker_leaves_no_transaction_begun(service, store, db,
+                                                            start_worker):
+    handle = await start_worker(worker_concurrency=2)
+    await service.create(JobCreate(job_type="record", payload={"seconds": 0}))
+    pid = await eventually(lambda: _parked_pid(handle),
+                           what="a connection begun ahead of the next start")
+    await handle.stop()  # within the fixture's 30 s: the pool's close did not wait for it
+    assert handle.worker.lifecycle.store._begun is None
+
+    async def gone() -> bool:  # the backend exits once it reads the pool's Terminate
+        return await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid) == 0
+
+    await eventually(gone, timeout=5, what="the kept connection's session to end")
