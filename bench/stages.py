@@ -7,9 +7,10 @@ stamps (``time.time()``, the clock the client stamps ``t_enq`` with):
 
 - ``wake``: the idle wait's ``BLPOP`` came back (a push's signal);
 - ``claim_sent`` / ``claim_ret``: the claim script was sent / its jobs came back;
-- ``open_called`` / ``begin_sent`` / ``begin_ret`` / ``open_ret``: the start
-  (``JobStore.claim_open``) was called, its connection acquired and ``BEGIN`` sent, ``BEGIN``
-  answered, the ``UPDATE ... RETURNING`` answered;
+- ``open_called`` / ``begin_sent`` / ``begin_ret`` / ``update_sent`` / ``open_ret``: the
+  start (``JobStore.claim_open``) was called, ``BEGIN`` sent and answered (through
+  asyncpg's ``Transaction``, as before the BEGIN went ahead), the ``UPDATE ... RETURNING``
+  sent and answered;
 - ``handler``: the handler's first statement.
 
 Beside them, what else happened on the worker's event loop (settle commits, Redis moves,
@@ -48,6 +49,7 @@ _gc_start = [0.0]
 
 def install() -> None:
     """Wrap the worker's calls (once, in the worker process)."""
+    from asyncpg.connection import Connection
     from asyncpg.transaction import Transaction
 
     from shared.queue.presence import Presence
@@ -103,6 +105,13 @@ def install() -> None:
         return rows, committed
 
     start = Transaction.start
+    fetch = Connection.fetch
+
+    async def fetched(self: Any, *args: Any, **kwargs: Any) -> Any:
+        stamps = _open.get()
+        if stamps is not None and "update_sent" not in stamps:
+            stamps["update_sent"] = time.time()
+        return await fetch(self, *args, **kwargs)
 
     async def begun(self: Any) -> None:
         stamps = _open.get()
@@ -116,6 +125,7 @@ def install() -> None:
     RedisQueue.claim = claimed  # type: ignore[method-assign]
     JobStore.claim_open = opened  # type: ignore[method-assign]
     Transaction.start = begun  # type: ignore[method-assign]
+    Connection.fetch = fetched  # type: ignore[method-assign]
     JobStore.settle = timed("settle", JobStore.settle)  # type: ignore[method-assign]
     RedisQueue.move = timed("redis move", RedisQueue.move)  # type: ignore[method-assign]
     RedisQueue.heartbeat = timed(  # type: ignore[method-assign]
@@ -181,9 +191,10 @@ STAGES = [
     ("  of which: woken -> claim sent", "wake", "claim_sent"),
     ("  of which: claim script round trip", "claim_sent", "claim_ret"),
     ("claim returned -> start called (task switch)", "claim_ret", "open_called"),
-    ("start called -> BEGIN sent (pool acquire)", "open_called", "begin_sent"),
-    ("BEGIN round trip", "begin_sent", "begin_ret"),
-    ("UPDATE ... RETURNING round trip", "begin_ret", "open_ret"),
+    ("start called -> UPDATE sent (acquire, BEGIN unless begun ahead)", "open_called",
+     "update_sent"),
+    ("  of which: BEGIN round trip (asyncpg's Transaction)", "begin_sent", "begin_ret"),
+    ("UPDATE ... RETURNING round trip", "update_sent", "open_ret"),
     ("start returned -> handler called", "open_ret", "handler"),
     ("worker's share: push returned -> handler", "t_ret", "handler"),
     ("pickup: t_enq -> handler", "t_enq", "handler"),
@@ -217,7 +228,7 @@ def summarise(data: dict[str, Any], returned: dict[float, float], pct: Any) -> s
     slow = sorted((j for j in jobs if j.get("t_ret")), key=lambda j: j["t_enq"] - j["handler"])
     for j in slow[:10]:
         t = j["t_enq"]
-        spans = ", ".join(f"{b}+{(j[b] - t) * 1000:.1f}" for _, _, b in STAGES[:10]
+        spans = ", ".join(f"{b}+{(j[b] - t) * 1000:.1f}" for _, _, b in STAGES[:11]
                           if j.get(b) and b != "t_enq")
         spans = ", ".join(dict.fromkeys(spans.split(", ")))
         over = [f"{k} {(t0 - t) * 1000:.1f}..{(t1 - t) * 1000:.1f}" for k, t0, t1 in events
