@@ -237,6 +237,10 @@ class Worker:
                 task = asyncio.create_task(self._start(claimed, hold))
                 self._starts.add(task)
                 task.add_done_callback(functools.partial(self._started, hold))
+                # One turn of the loop first: the start sends its UPDATE before the next
+                # claim is sent, rather than after (0.09 ms at the median on a job's path:
+                # bench/RESULTS.md, issue 12, round four).
+                await asyncio.sleep(0)
                 continue
             idle = self.settings.idle_poll_seconds
             # +1 ms: Redis gives whole milliseconds; waking before the due time only to
