@@ -115,7 +115,8 @@ async def test_while_starts_cannot_commit_the_worker_runs_at_most_twice_its_slot
 
 async def _parked_pid(handle) -> int | None:
     """The server pid of the connection the worker keeps begun for its next start."""
-    conn = handle.worker.lifecycle.store._begun
+    lifecycle = getattr(handle.worker, "lifecycle", None)  # set once the pool is open
+    conn = lifecycle.store._begun if lifecycle is not None else None
     return conn.get_server_pid() if conn is not None else None
 
 

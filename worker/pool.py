@@ -137,6 +137,10 @@ class Worker:
         # times the slots (unbounded, a drain at 100 peaked at 61-68 MB instead of 53).
         self._undurable = 0
         self._undurable_max = 2 * concurrency
+        # Jobs claimed whose start is in flight: they may become undurable attempts, so
+        # they count against that bound too (else a slot freed meanwhile let a claim
+        # through on top of them: 5 runs at concurrency 2 with every commit stalled).
+        self._starting = 0
         self._unsettled_max = 3 * concurrency
         self._starts: set[asyncio.Task[None]] = set()
         self._signal: asyncio.Future[bool] | None = None  # the idle wait's pending BLPOP
@@ -211,7 +215,7 @@ class Worker:
             # without bound).
             # And by the attempts not yet settled (running, or waiting for their commits),
             # which bounds the worker's memory when the settles fall behind.
-            room = min(self._undurable_max - self._undurable,
+            room = min(self._undurable_max - self._undurable - self._starting,
                        self._unsettled_max - len(self.running))
             free = min(self.slots.free, self._claim_max, room)
             if free <= 0:
@@ -234,9 +238,10 @@ class Worker:
                 # Started in the background: the next claim need not wait for this batch's
                 # commit in PostgreSQL. The slots are taken here, before the task exists.
                 hold = SlotHold(self.slots, len(claimed))
+                self._starting += len(claimed)
                 task = asyncio.create_task(self._start(claimed, hold))
                 self._starts.add(task)
-                task.add_done_callback(functools.partial(self._started, hold))
+                task.add_done_callback(functools.partial(self._started, hold, len(claimed)))
                 # One turn of the loop first: the start sends its UPDATE before the next
                 # claim is sent, rather than after (0.09 ms at the median on a job's path:
                 # bench/RESULTS.md, issue 12, round four).
@@ -310,11 +315,14 @@ class Worker:
             starting.committed.add_done_callback(
                 functools.partial(self._start_durable_or_lost, len(attempts)))
 
-    def _started(self, hold: SlotHold, task: asyncio.Task[None]) -> None:
+    def _started(self, hold: SlotHold, claimed: int, task: asyncio.Task[None]) -> None:
         """Done-callback of a start: give back every slot no attempt took over, however
-        the start ended (even cancelled before its first step)."""
+        the start ended (even cancelled before its first step); its started attempts
+        count as undurable now (``_start``), not as starting."""
         self._starts.discard(task)
+        self._starting -= claimed
         hold.give_rest()
+        self.slots.freed.set()  # the claim loop may go on
 
     def _start_durable_or_lost(self, n: int, _: asyncio.Task[None]) -> None:
         """Done-callback of a pipelined start's commit, however it ended: its attempts no
