@@ -157,10 +157,7 @@ class Worker:
 
     async def run(self) -> None:
         self.pool = await self.stores.pool()
-        # begin_ahead: the next start's BEGIN is sent with the last one's COMMIT, off a
-        # job's path (JobStore.claim_open).
-        self.lifecycle = Lifecycle(JobStore(self.pool, begin_ahead=self._pipelined),
-                                   self.stores.queue)
+        self.lifecycle = Lifecycle(await self.stores.store(), self.stores.queue)
         await self._warm()
         release = None if self.inline_locks else self._release_locks
         self.settler = Settler(self.lifecycle, self.queue, self.lock_token, release,
@@ -410,8 +407,6 @@ class Worker:
         if leftovers:
             await asyncio.wait([a.task for a in leftovers if a.task is not None], timeout=10.0)
         await self.settler.stop()
-        with contextlib.suppress(*STORE_ERRORS):  # before the pool closes: it waits for it
-            await self.lifecycle.store.close_begun()
         self.closed = True
         for t in self._background:
             t.cancel()

@@ -59,8 +59,7 @@ ALL_NAMESPACES = "*"  # job_activity's rows of every namespace together
 # The start of attempts: the new attempt number (attempts + 1) is the fencing token.
 CLAIM_SQL = f"""
     UPDATE jobs SET status = 'PROCESSING', attempts = attempts + 1, lease_owner = $2,
-           started_at = statement_timestamp(), updated_at = statement_timestamp(),
-           run_at = NULL, status_reason = NULL
+           started_at = now(), updated_at = now(), run_at = NULL, status_reason = NULL
     WHERE id = ANY($1::uuid[]) AND status = ANY('{{QUEUED,RETRYING}}')
     RETURNING {CLAIM_COLUMNS}"""
 
@@ -248,12 +247,8 @@ class JobStore:
     """Takes a pool, or one connection (a scheduler tick runs all its passes on one)."""
 
     def __init__(self, pool: asyncpg.Pool | asyncpg.Connection
-                 | asyncpg.pool.PoolConnectionProxy, *, begin_ahead: bool = False) -> None:
+                 | asyncpg.pool.PoolConnectionProxy) -> None:
         self.pool = pool
-        # The worker's store: keep a pool connection with its transaction begun ahead of
-        # the next pipelined start (see claim_open; ``close_begun`` ends it).
-        self.begin_ahead = begin_ahead
-        self._begun: Any = None
 
     # --- create and read ------------------------------------------------------------------
 
@@ -699,91 +694,33 @@ class JobStore:
         """:meth:`claim` without waiting for its commit: the rows as soon as the UPDATE
         has run, and the commit in flight (a task; it raises if the commit fails).
 
-        ``BEGIN; UPDATE ... RETURNING`` runs first, with no disk flush: the rows come back
-        locked by our open transaction, so every decision the start makes (cancelled
-        meanwhile, stale duplicate) is already final. Only the commit, the WAL flush that
-        makes the new attempt number durable, is left; the caller may run the attempt
-        meanwhile but must write nothing under its token before the task succeeds. On a
-        store holding one connection (a transaction of the caller's), the claim commits
-        with that transaction, and there is no task (None); so too with
+        ``BEGIN; UPDATE ... RETURNING`` runs first (two round trips, no disk flush): the
+        rows come back locked by our open transaction, so every decision the start makes
+        (cancelled meanwhile, stale duplicate) is already final. Only the commit, the
+        WAL flush that makes the new attempt number durable, is left; the caller may run
+        the attempt meanwhile but must write nothing under its token before the task
+        succeeds. On a store holding one connection (a transaction of the caller's), the
+        claim commits with that transaction, and there is no task (None); so too with
         ``pipelined=False``: the plain :meth:`claim`, one statement, committed when it
         returns.
-
-        With ``begin_ahead`` (the worker's store) the ``BEGIN`` is not on the start's
-        path: the commit task sends ``COMMIT; BEGIN``
-        (one round trip) and keeps that connection, its next transaction begun, for the
-        next start, which then needs only the UPDATE's round trip (the ``BEGIN`` was one
-        more: p50 0.13, p99 0.31-0.58, up to 4-5 ms on the benchmark's VM). A transaction
-        that has only begun holds no snapshot and no transaction id (PostgreSQL takes
-        both at its first statement), so the kept connection holds back neither VACUUM nor
-        anyone's locks; the UPDATE stamps ``statement_timestamp()``, not ``now()`` (the
-        transaction's start). A kept connection that PostgreSQL closed meanwhile is
-        handed back to the pool and another one begun. :meth:`close_begun` hands it back
-        for good (the worker's shutdown, before the pool closes).
         """
         if not pipelined or not isinstance(self.pool, asyncpg.Pool):
             return await self.claim(job_ids, worker), None
         pool = self.pool
-        conn, self._begun = self._begun, None
-        if conn is not None and conn.is_closed():
-            await pool.release(conn)  # the pool replaces a closed connection
-            conn = None
-        if conn is None:
-            conn = await pool.acquire()
-            try:
-                await conn.execute("BEGIN")
-            except BaseException:
-                await _rollback_release(pool, conn)
-                raise
+        conn = await pool.acquire()
         try:
-            rows = await conn.fetch(CLAIM_SQL, list(job_ids), worker)
-        except BaseException:
-            await _rollback_release(pool, conn)
-            raise
-        return rows, self._commit_then_keep(pool, conn)
-
-    def _commit_then_keep(self, pool: asyncpg.Pool, conn: Any) -> asyncio.Task[None]:
-        """Commit the start's transaction in a task; then keep its connection, with the
-        next start's transaction begun in the same round trip, unless one is kept already
-        (or the store is closed): then give it back to the pool. Whatever happens the
-        connection is either kept or given back, also if the task is cancelled before its
-        first step (a done-callback then gives it back, rolling back)."""
-        done = False
-
-        async def commit() -> None:
-            nonlocal done
-            keep = self._begun is None and self.begin_ahead
+            tr = conn.transaction()
+            await tr.start()
             try:
-                # A failed COMMIT (a refused deferred check, a lost connection) raises and
-                # skips the BEGIN: the task fails, the start is not durable.
-                await conn.execute("COMMIT; BEGIN" if keep else "COMMIT")
+                rows = await conn.fetch(CLAIM_SQL, list(job_ids), worker)
             except BaseException:
-                done = True
-                await _rollback_release(pool, conn)
+                with contextlib.suppress(Exception):
+                    await tr.rollback()
                 raise
-            done = True
-            if keep and self._begun is None and self.begin_ahead:
-                self._begun = conn
-            else:
-                await _rollback_release(pool, conn)
-
-        def never_ran(task: asyncio.Task[None]) -> None:
-            if not done:
-                late = asyncio.ensure_future(_rollback_release(pool, conn))
-                _LATE_RELEASES.add(late)
-                late.add_done_callback(_LATE_RELEASES.discard)
-
-        task = asyncio.create_task(commit(), name="start-commit")
-        task.add_done_callback(never_ran)
-        return task
-
-    async def close_begun(self) -> None:
-        """Give the connection kept for the next start back to the pool (rolled back), and
-        keep none from now on: the pool's close waits for every connection it lent."""
-        self.begin_ahead = False
-        conn, self._begun = self._begun, None
-        if conn is not None and isinstance(self.pool, asyncpg.Pool):
-            await _rollback_release(self.pool, conn)
+        except BaseException:
+            await pool.release(conn)
+            raise
+        return rows, _commit_then_release(pool, conn, tr)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[asyncpg.Record]:
         """Write many attempts' outcomes in one statement (group commit).
@@ -873,10 +810,26 @@ class JobStore:
 _LATE_RELEASES: set[asyncio.Future[None]] = set()  # kept referenced until they end
 
 
-async def _rollback_release(pool: asyncpg.Pool, conn: Any) -> None:
-    """Give a connection back to the pool, its open transaction (if any) rolled back
-    first: the pool would roll it back too, but complains in the log."""
-    with contextlib.suppress(Exception):
-        if not conn.is_closed() and conn.is_in_transaction():
-            await conn.execute("ROLLBACK")
-    await pool.release(conn)
+def _commit_then_release(pool: asyncpg.Pool, conn: Any, tr: Any) -> asyncio.Task[None]:
+    """Commit an open transaction in a task and give its connection back, whatever
+    happens; also if the task is cancelled before its first step (a done-callback then
+    hands the connection back, and the pool rolls the transaction back)."""
+    released = False
+
+    async def commit() -> None:
+        nonlocal released
+        try:
+            await tr.commit()
+        finally:
+            released = True
+            await pool.release(conn)
+
+    def never_ran(task: asyncio.Task[None]) -> None:
+        if not released:
+            late = asyncio.ensure_future(pool.release(conn))
+            _LATE_RELEASES.add(late)
+            late.add_done_callback(_LATE_RELEASES.discard)
+
+    task = asyncio.create_task(commit(), name="start-commit")
+    task.add_done_callback(never_ran)
+    return task
