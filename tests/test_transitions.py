@@ -69,3 +69,40 @@ async def test_terminal_states_have_no_way_out_but_redrive():
     assert TRANSITIONS[Status.COMPLETED] == frozenset()
     assert TRANSITIONS[Status.CANCELLED] == frozenset()
     assert TRANSITIONS[Status.FAILED] == frozenset({Status.QUEUED})
+
+
+async def test_history_trigger_joins_each_statement_by_its_own_rows(settings, db):
+    """A connection whose first UPDATE of jobs touched no row (the worker's warm-up runs
+    its claim and settle with empty arrays) must not keep a plan sized for empty transition
+    tables: a nested loop there rescans the new rows once per old row, n x n for a batch
+    (the drain at 100 lost a third of its rate to it: bench/RESULTS.md, issue 12 round
+    four). Read from auto_explain's plans of the trigger's own statements."""
+    await db.execute(
+        "INSERT INTO jobs (job_type, payload, priority, status, max_retries, timeout_seconds) "
+        "SELECT 'noop', '{}'::jsonb, 5, 'QUEUED', 3, 10 FROM generate_series(1, 200)")
+    conn = await asyncpg.connect(settings.database_url,
+                                 server_settings={"search_path": settings.db_schema})
+    plans: list[str] = []
+    try:
+        await conn.execute("UPDATE jobs SET status = 'PROCESSING' WHERE false")  # no row
+        try:
+            await conn.execute("LOAD 'auto_explain'")
+        except asyncpg.PostgresError as exc:
+            pytest.skip(f"auto_explain cannot be loaded here: {exc}")
+        await conn.execute("SET auto_explain.log_min_duration = 0; "
+                           "SET auto_explain.log_analyze = on; "
+                           "SET auto_explain.log_nested_statements = on; "
+                           "SET client_min_messages = log")
+        conn.add_log_listener(lambda _, message: plans.append(message.message))
+        await conn.execute("UPDATE jobs SET status = 'PROCESSING', attempts = attempts + 1 "
+                           "WHERE status = 'QUEUED'")
+        await conn.execute("SET client_min_messages = notice")
+    finally:
+        await conn.close()
+    joins = [p for p in plans if "old_rows" in p and "Named Tuplestore Scan" in p]
+    assert len(joins) == 3, plans  # the check, the history, the counts
+    for plan in joins:
+        rescans = [line for line in plan.splitlines()
+                   if "Named Tuplestore Scan" in line and "loops=1)" not in line]
+        assert not rescans, plan
+    assert await db.fetchval("SELECT count(*) FROM job_transitions") == 200
