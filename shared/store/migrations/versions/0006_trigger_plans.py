@@ -6,13 +6,13 @@ connection, at its first call, and keeps that plan (a query without parameters n
 a custom plan), and the planner sizes a transition table by its rows at that moment. So a
 connection whose first UPDATE of ``jobs`` touched no row (the worker's warm-up runs the
 claim and the settle with empty arrays) or a single row kept nested-loop joins for every
-later statement: the new rows rescanned once per old row, n x n for a batch (4 ms more
-per 100-row statement; the drain at concurrency 100 fell from ~11k to ~7-8k jobs/s:
+later statement: the new rows rescanned once per old row, n x n for a batch (about 5 ms
+more per 100-row statement; the drain at concurrency 100 fell from ~11k to ~7-8k jobs/s:
 bench/RESULTS.md, issue 12 round four). With nested loops off inside the function the
 cached plans hash (or merge) the two sides, whatever size they were planned for.
 
 Planning each statement instead (``EXECUTE``) was measured too: as fast at 100 rows, but
-about twice the trigger's cost at 5 rows a statement (the drain at 10).
+about twice the backend's CPU per job at 5 rows a statement (the drain at 10).
 
 A later ``CREATE OR REPLACE FUNCTION jobs_record_update`` drops this setting unless it
 repeats it.
