@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -212,6 +212,11 @@ class Lifecycle:
         (with ``all_or_nothing`` nothing was written)."""
         rows = await self.store.insert(jobs, all_or_nothing=all_or_nothing)
         return await self._push(rows)
+
+    async def enqueue_chunks(self, chunks: AsyncIterator[Sequence[NewJob]]) -> list[Row]:
+        """Commit new jobs (without idempotency keys) as they are produced, all in one
+        transaction, then push them: nothing is written if producing a chunk fails."""
+        return await self._push(await self.store.insert_chunks(chunks))
 
     # promote: PENDING jobs due soon -> QUEUED, into the delayed set ahead of their time
     async def promote_due(self, horizon: datetime, limit: int) -> int:

@@ -13,7 +13,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +36,10 @@ from shared.store.insights import Activity, DeadLetterGroups, Window
 from shared.store.jobs import JobStore, NewJob, Row
 
 log = get_logger("api")
+
+# Jobs validated per step of a keyless batch: each step's INSERT runs in PostgreSQL while
+# the next step is validated (see ``JobService._prepared_chunks``).
+PREPARED_CHUNK = 250
 
 
 def request_hash(specs: Sequence[JobCreate], batch: bool = False) -> str:
@@ -265,6 +269,10 @@ class JobService:
                 [{"loc": ["body", "jobs"], "msg": f"at most {self.settings.batch_max_jobs} "
                   "jobs", "type": "too_long"}])
         now = datetime.now(UTC)
+        if batch and not idempotency_key and len(specs) > PREPARED_CHUNK:
+            store = await self.stores.store()
+            return await self._lifecycle(store).enqueue_chunks(
+                self._prepared_chunks(specs, now, namespace)), True
 
         def prepare() -> tuple[list[NewJob], str | None]:
             return ([self._prepare(s, ["body", "jobs", i] if batch else ["body"], now, namespace)
@@ -288,6 +296,18 @@ class JobService:
         if len(rows) < len(new):
             return await self._replay(store, new, digest), False
         return rows, True
+
+    async def _prepared_chunks(self, specs: Sequence[JobCreate], now: datetime,
+                               namespace: str | None) -> AsyncIterator[list[NewJob]]:
+        """A keyless batch's jobs, validated a chunk at a time in a thread: the store
+        inserts each chunk while the next one is validated (``JobStore.insert_chunks``),
+        and commits them together once every job has passed."""
+        def prepare(first: int) -> list[NewJob]:
+            return [self._prepare(s, ["body", "jobs", first + i], now, namespace)
+                    for i, s in enumerate(specs[first:first + PREPARED_CHUNK])]
+
+        for first in range(0, len(specs), PREPARED_CHUNK):
+            yield prepare(first)
 
     def _lifecycle(self, store: JobStore) -> Lifecycle:
         return Lifecycle(store, self.stores.queue)
