@@ -42,6 +42,10 @@ log = get_logger("api")
 # the next step is validated (see ``JobService._prepared_chunks``), and the most time one
 # step's validation may hold the event loop before the rest of it goes to a thread.
 PREPARED_CHUNK = 250
+# The first step is half a step: nothing can run in PostgreSQL while it is validated. (So
+# is the last, which runs in PostgreSQL with nothing left to validate: 1,000 jobs go as
+# 125, 250, 250, 250 and 125.)
+FIRST_CHUNK = PREPARED_CHUNK // 2
 LOOP_BUDGET_S = 0.005
 
 
@@ -316,8 +320,8 @@ class JobService:
             return [self._prepare(specs[i], ["body", "jobs", i], now, namespace)
                     for i in range(first, end)]
 
-        for first in range(0, len(specs), PREPARED_CHUNK):
-            end = min(first + PREPARED_CHUNK, len(specs))
+        starts = [0, *range(FIRST_CHUNK, len(specs), PREPARED_CHUNK)]
+        for first, end in zip(starts, [*starts[1:], len(specs)], strict=True):
             chunk: list[NewJob] = []
             deadline = time.perf_counter() + LOOP_BUDGET_S
             while len(chunk) < end - first and time.perf_counter() < deadline:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -309,7 +309,8 @@ class JobStore:
                 return []
         return _made_rows(ids, jobs, made)
 
-    async def insert_chunks(self, chunks: AsyncIterator[Sequence[NewJob]]) -> list[Row]:
+    async def insert_chunks(self, chunks: AsyncIterator[Sequence[NewJob]], *,
+                            made: Callable[[list[Row]], None] | None = None) -> list[Row]:
         """Insert jobs without idempotency keys as they are produced, in one transaction:
         committed together once ``chunks`` is exhausted, or not at all if it raises.
 
@@ -317,7 +318,7 @@ class JobStore:
         chunk's INSERT in PostgreSQL, which a single statement after all the validation
         left idle: for 1,000 jobs PostgreSQL spends ~8 ms on the statement and the client
         ~6 ms validating them. Likewise each chunk's rows are built while the next chunk's
-        INSERT runs.
+        INSERT runs, and handed to ``made`` (uncommitted yet: to prepare their push).
         """
         rows: list[Row] = []
         async with self._acquire() as conn, conn.transaction():
@@ -329,15 +330,23 @@ class JobStore:
                     sending = asyncio.ensure_future(self._send_keyless(conn, ids, jobs, args))
                     await asyncio.sleep(0)  # the INSERT goes out before the CPU work below
                     if done is not None:
-                        rows += _made_rows(*done)
+                        rows += self._made(done, made)
                 if sending is not None:
-                    rows += _made_rows(*await sending)
+                    rows += self._made(await sending, made)
             finally:
                 # The connection must be idle again before the transaction rolls back.
                 if sending is not None and not sending.done():
                     await asyncio.wait([sending])
                 if sending is not None and sending.done() and not sending.cancelled():
                     sending.exception()  # retrieved: the producer's error is the one raised
+        return rows
+
+    @staticmethod
+    def _made(done: tuple[list[uuid.UUID], Sequence[NewJob], Any],
+              made: Callable[[list[Row]], None] | None) -> list[Row]:
+        rows = _made_rows(*done)
+        if made is not None:
+            made(rows)
         return rows
 
     async def _insert_keyless(self, conn: Any, jobs: Sequence[NewJob]) -> list[Row]:
