@@ -39,13 +39,14 @@ from shared.store.jobs import JobStore, NewJob, Row
 log = get_logger("api")
 
 # Jobs validated per step of a keyless batch: each step's INSERT runs in PostgreSQL while
-# the next step is validated (see ``JobService._prepared_chunks``), and the most time one
-# step's validation may hold the event loop before the rest of it goes to a thread.
+# the next step is validated (see ``JobService._prepared_chunks``).
 PREPARED_CHUNK = 250
 # The first step is half a step: nothing can run in PostgreSQL while it is validated. (So
 # is the last, which runs in PostgreSQL with nothing left to validate: 1,000 jobs go as
 # 125, 250, 250, 250 and 125.)
 FIRST_CHUNK = PREPARED_CHUNK // 2
+# The most time one step's validation may hold the event loop; the rest of it goes to a
+# thread.
 LOOP_BUDGET_S = 0.005
 
 
@@ -264,6 +265,10 @@ class JobService:
                           *, batch: bool = True, namespace: str | None = None
                           ) -> tuple[list[Row], bool]:
         """Validate every job first (all or nothing), then one INSERT and one Redis push.
+
+        A batch without a key of more than ``PREPARED_CHUNK`` jobs is validated and inserted
+        in steps, each INSERT running while the next step is validated, all in one
+        transaction: committed once every job has passed, then one Redis push.
 
         ``namespace``: the caller's tenant, stored on every job. Idempotency keys are per
         tenant: the stored key is prefixed with the namespace and a separator that a key
