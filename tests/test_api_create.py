@@ -390,6 +390,50 @@ async def test_one_bad_job_refuses_the_whole_batch(api, db, namespace, bad, loc)
     await assert_untouched(db, namespace)
 
 
+@pytest.mark.parametrize(("bad", "where"), [
+    ({"job_type": "nope"}, ["job_type"]),
+    ({"job_type": "email", "payload": {"to": "x", "subject": "s", "body": "b"}},
+     ["payload", "to"]),
+    ({"job_type": "noop", "payload": {"tag": "\u0000"}}, ["payload", "tag"]),
+])
+async def test_a_bad_job_late_in_a_large_batch_rolls_back_the_chunks_before_it(
+        api, db, namespace, bad, where):
+    """A keyless batch is inserted a chunk at a time while later jobs are still being
+    validated: a bad job in the last chunk must leave no row of the earlier chunks (their
+    INSERTs ran, uncommitted) and nothing in Redis."""
+    jobs: list[dict[str, Any]] = [{"job_type": "noop", "payload": {"tag": str(i)}}
+                                  for i in range(1000)]
+    jobs[998] = bad
+    error = error_of(await api.post(BATCH, json={"jobs": jobs}), 422)
+    assert locs(error)[0] == ["body", "jobs", 998, *where]
+    await assert_untouched(db, namespace)
+    assert await db.fetchval("SELECT count(*) FROM job_count_deltas") == 0
+
+
+async def test_a_large_batch_is_stored_in_request_order_with_its_own_payloads(api, db,
+                                                                            namespace):
+    """1,000 jobs (four chunks): each answered job is the row stored under its id, in the
+    request's order and seq order, all pushed; one creation time (one transaction)."""
+    jobs = [{"job_type": "noop", "payload": {"tag": str(i)}, "priority": 1 + i % 10}
+            for i in range(1000)]
+    resp = await api.post(BATCH, json={"jobs": jobs})
+    assert resp.status_code == 201, resp.text[:300]
+    out = resp.json()["jobs"]
+    assert [j["payload"]["tag"] for j in out] == [str(i) for i in range(1000)]
+    stored = {str(r["id"]): r for r in await db.fetch(
+        "SELECT id, seq, payload, priority, created_at FROM jobs")}
+    assert len(stored) == 1000
+    for j in out:
+        row = stored[j["id"]]
+        assert (row["payload"], row["priority"]) == (j["payload"], j["priority"])
+        assert row["created_at"] == datetime.fromisoformat(j["created_at"])
+    seqs = [stored[j["id"]]["seq"] for j in out]  # FIFO within the batch: its ready order
+    assert seqs == sorted(seqs)
+    assert len({r["created_at"] for r in stored.values()}) == 1
+    ready = (await redis_state(namespace))[f"{{{namespace}:default}}:ready:noop"]
+    assert {m for m, _ in ready} == set(stored)
+
+
 async def test_batch_of_1001_jobs_is_422(api, db, namespace):
     error = error_of(await api.post(BATCH, json={"jobs": [{"job_type": "noop"}] * 1001}), 422)
     assert locs(error) == [["body", "jobs"]]
@@ -403,10 +447,12 @@ async def test_empty_batch_and_malformed_batches_are_422(api, db, namespace):
     await assert_untouched(db, namespace)
 
 
-async def test_batch_of_1000_is_one_insert_and_one_redis_command(settings: Settings, db,
-                                                                 namespace):
+async def test_batch_of_1000_is_one_transaction_and_one_redis_command(settings: Settings, db,
+                                                                      namespace):
     """Counted at the source: asyncpg's query logger on the app's only connection, and
-    Redis MONITOR filtered to the app's own client connection."""
+    Redis MONITOR filtered to the app's own client connection. A keyless batch is inserted
+    in steps of at most 250 jobs (each INSERT runs while the next jobs are validated), all
+    in one transaction: one commit."""
     from functions.api.app import create_app
 
     app = create_app(settings.model_copy(update={"db_pool_max": 1, "db_pool_min": 1}))
@@ -431,8 +477,9 @@ async def test_batch_of_1000_is_one_insert_and_one_redis_command(settings: Setti
         await app.state.stores.close()
 
     ours = [q for q in statements if q != reset_query]  # the pool's own reset on release
-    assert len(ours) == 1, ours
-    assert ours[0].lstrip().startswith("WITH made AS (\n    INSERT INTO jobs")
+    assert len(ours) >= 5, ours  # BEGIN, at least 1,000 / 250 INSERTs, COMMIT
+    assert ours[0] == "BEGIN;" and ours[-1] == "COMMIT;", ours
+    assert all(q.lstrip().startswith("WITH made AS (\n    INSERT INTO jobs") for q in ours[1:-1])
     mine = {(c["client_address"], c["client_port"]) for c in commands
             if namespace in c["command"] and c["client_type"] != "lua"}
     assert len(mine) == 1

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -212,6 +212,16 @@ class Lifecycle:
         (with ``all_or_nothing`` nothing was written)."""
         rows = await self.store.insert(jobs, all_or_nothing=all_or_nothing)
         return await self._push(rows)
+
+    async def enqueue_chunks(self, chunks: AsyncIterator[Sequence[NewJob]]) -> list[Row]:
+        """Commit new jobs (without idempotency keys) as they are produced, all in one
+        transaction, then push them: nothing is written if producing a chunk fails."""
+        # Each chunk's placements are built as its rows come back, while PostgreSQL runs
+        # the next chunk's INSERT (the loop would wait for it anyway), not after the commit.
+        by_queue: dict[str, list[Placement]] = {}
+        rows = await self.store.insert_chunks(
+            chunks, made=lambda rows: _place(rows, by_queue))
+        return await self._push(rows, by_queue)
 
     # promote: PENDING jobs due soon -> QUEUED, into the delayed set ahead of their time
     async def promote_due(self, horizon: datetime, limit: int) -> int:
@@ -406,14 +416,15 @@ class Lifecycle:
         return await self._push(await self.store.redrive(job_ids=job_ids, job_type=job_type,
                                                          namespace=namespace))
 
-    async def _push(self, rows: Iterable[Row]) -> list[Row]:
+    async def _push(self, rows: Iterable[Row],
+                    by_queue: dict[str, list[Placement]] | None = None) -> list[Row]:
         """Place just-committed QUEUED jobs; where Redis refuses, mark them PENDING so the
-        scheduler's sweep pushes them later (the status column is the outbox)."""
+        scheduler's sweep pushes them later (the status column is the outbox).
+        ``by_queue``: their placements, already built (``enqueue_chunks``)."""
         rows = list(rows)
-        by_queue: dict[str, list[Placement]] = {}
-        for r in rows:
-            if r["status"] == Status.QUEUED:
-                by_queue.setdefault(r["queue"], []).append(Placement.of(r))
+        if by_queue is None:
+            by_queue = {}
+            _place(rows, by_queue)
         failed: list[uuid.UUID] = []
         for name, placements in by_queue.items():
             try:
@@ -427,6 +438,13 @@ class Lifecycle:
         await self.store.mark_pending(failed, "redis unavailable at enqueue")
         fetched = {r["id"]: r for r in await self.store.get_many(failed)}
         return [fetched.get(r["id"], r) for r in rows]
+
+
+def _place(rows: Iterable[Row], by_queue: dict[str, list[Placement]]) -> None:
+    """Add the placements of the QUEUED jobs among ``rows``, by queue."""
+    for r in rows:
+        if r["status"] == Status.QUEUED:
+            by_queue.setdefault(r["queue"], []).append(Placement.of(r))
 
 
 def horizon(lookahead_seconds: float) -> datetime:

@@ -79,7 +79,7 @@ class Placement:
     due_ms: int = 0  # 0: ready now
 
     def packed(self) -> str:
-        """The one argument push.lua takes per job."""
+        """What push.lua takes per job (all of a push's jobs go as one argument)."""
         return (f"{self.job_id}|{self.job_type}|{ready_score(self.priority, self.seq)}|"
                 f"{self.due_ms}")
 
@@ -212,7 +212,7 @@ class RedisQueue:
         """Place jobs (one round trip however many) and wake one idle worker."""
         if not placements:
             return 0
-        args: list[Any] = [self.base, *(p.packed() for p in placements)]
+        args: list[Any] = [self.base, ":".join([p.packed() for p in placements])]
         keys = [self.k_types, self.k_delayed, self.k_meta, self.k_signal]
         return int(await self._run("push", keys, args))
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -164,6 +164,33 @@ def _new_row(job_id: uuid.UUID, job: NewJob, seq: int, created_at: datetime
     }
 
 
+def _batch_args(jobs: Sequence[NewJob]) -> tuple[list[uuid.UUID], list[list[Any]]]:
+    """New ids, and the arguments $1-$10 of INSERT_SQL and INSERT_KEYLESS_SQL."""
+    ids = new_ids(len(jobs))
+    return ids, [
+        ids,
+        [j.queue for j in jobs],
+        [j.job_type for j in jobs],
+        [j.payload for j in jobs],  # one jsonb array
+        [j.priority for j in jobs],
+        [j.status.value for j in jobs],
+        [j.scheduled_at for j in jobs],
+        [j.max_retries for j in jobs],
+        [j.timeout_seconds for j in jobs],
+        [j.namespace for j in jobs],
+    ]
+
+
+def _made_rows(ids: Sequence[uuid.UUID], jobs: Sequence[NewJob], made: Any) -> list[Row]:
+    """The rows a batch INSERT made (its one row of ids and seqs, ``_BATCH_MADE``)."""
+    assert made is not None  # an aggregate: always one row
+    # created_at defaults to now(), the transaction's start: one value for every row.
+    at = made["created_at"]
+    by_id = dict(zip(made["ids"], made["seqs"], strict=True))
+    return [_new_row(i, job, by_id[i], at) for i, job in zip(ids, jobs, strict=True)
+            if i in by_id]
+
+
 @dataclass(frozen=True, slots=True)
 class ListFilter:
     """What a list page may be narrowed by, beyond status, type, cursor and namespace.
@@ -265,25 +292,12 @@ class JobStore:
         """
         if len(jobs) == 1:
             return await self._insert_one(jobs[0])
-        ids = new_ids(len(jobs))
         keyed = any(j.idempotency_key is not None for j in jobs)
-        args: list[list[Any]] = [
-            ids,
-            [j.queue for j in jobs],
-            [j.job_type for j in jobs],
-            [j.payload for j in jobs],  # one jsonb array
-            [j.priority for j in jobs],
-            [j.status.value for j in jobs],
-            [j.scheduled_at for j in jobs],
-            [j.max_retries for j in jobs],
-            [j.timeout_seconds for j in jobs],
-            [j.namespace for j in jobs],
-        ]
-        if keyed:
-            args += [[j.idempotency_key for j in jobs], [j.request_hash for j in jobs]]
         if not keyed:
-            made = await self.pool.fetchrow(INSERT_KEYLESS_SQL, *args)
-        elif not all_or_nothing:
+            return await self._insert_keyless(self.pool, jobs)
+        ids, args = _batch_args(jobs)
+        args += [[j.idempotency_key for j in jobs], [j.request_hash for j in jobs]]
+        if not all_or_nothing:
             made = await self.pool.fetchrow(INSERT_SQL, *args)
         else:
             try:
@@ -293,12 +307,57 @@ class JobStore:
                         raise _Incomplete
             except _Incomplete:
                 return []
-        assert made is not None  # an aggregate: always one row
-        # created_at defaults to now(), the transaction's start: one value for every row.
-        at = made["created_at"]
-        by_id = dict(zip(made["ids"], made["seqs"], strict=True))
-        return [_new_row(i, job, by_id[i], at) for i, job in zip(ids, jobs, strict=True)
-                if i in by_id]
+        return _made_rows(ids, jobs, made)
+
+    async def insert_chunks(self, chunks: AsyncIterator[Sequence[NewJob]], *,
+                            made: Callable[[list[Row]], None] | None = None) -> list[Row]:
+        """Insert jobs without idempotency keys as they are produced, in one transaction:
+        committed together once ``chunks`` is exhausted, or not at all if it raises.
+
+        Producing the next chunk (the caller validating payloads) overlaps the previous
+        chunk's INSERT in PostgreSQL, which a single statement after all the validation
+        left idle: for 1,000 jobs PostgreSQL spends ~8 ms on the statement and the client
+        ~6 ms validating them. Likewise each chunk's rows are built while the next chunk's
+        INSERT runs, and handed to ``made`` (uncommitted yet: to prepare their push).
+        """
+        rows: list[Row] = []
+        async with self._acquire() as conn, conn.transaction():
+            sending: asyncio.Future[tuple[list[uuid.UUID], Sequence[NewJob], Any]] | None = None
+            try:
+                async for jobs in chunks:
+                    ids, args = _batch_args(jobs)
+                    done = await sending if sending is not None else None
+                    sending = asyncio.ensure_future(self._send_keyless(conn, ids, jobs, args))
+                    await asyncio.sleep(0)  # the INSERT goes out before the CPU work below
+                    if done is not None:
+                        rows += self._made(done, made)
+                if sending is not None:
+                    rows += self._made(await sending, made)
+            finally:
+                # The connection must be idle again before the transaction rolls back.
+                if sending is not None and not sending.done():
+                    await asyncio.wait([sending])
+                if sending is not None and sending.done() and not sending.cancelled():
+                    sending.exception()  # retrieved: the producer's error is the one raised
+        return rows
+
+    @staticmethod
+    def _made(done: tuple[list[uuid.UUID], Sequence[NewJob], Any],
+              made: Callable[[list[Row]], None] | None) -> list[Row]:
+        rows = _made_rows(*done)
+        if made is not None:
+            made(rows)
+        return rows
+
+    async def _insert_keyless(self, conn: Any, jobs: Sequence[NewJob]) -> list[Row]:
+        ids, args = _batch_args(jobs)
+        return _made_rows(ids, jobs, await conn.fetchrow(INSERT_KEYLESS_SQL, *args))
+
+    @staticmethod
+    async def _send_keyless(conn: Any, ids: list[uuid.UUID], jobs: Sequence[NewJob],
+                            args: list[list[Any]]
+                            ) -> tuple[list[uuid.UUID], Sequence[NewJob], Any]:
+        return ids, jobs, await conn.fetchrow(INSERT_KEYLESS_SQL, *args)
 
     async def _insert_one(self, job: NewJob) -> list[Row]:
         """One job, one statement in its own implicit transaction: committed, or skipped for

@@ -1,7 +1,8 @@
 -- Place jobs in the ready queues or the delayed set, and wake one idle worker.
 -- KEYS: types, delayed, delayed_meta, signal
--- ARGV: base, then one "id|type|ready_score|due_ms" per job (due_ms 0 means "now"): one
---       argument a job keeps a 1,000-job batch cheap to send.
+-- ARGV: base, then the jobs as one argument: "id|type|ready_score|due_ms" per job (due_ms 0
+--       means "now"), joined by ":" (which job type names may not hold). One argument for
+--       all keeps a 1,000-job batch cheap to send: redis-py packs each argument in Python.
 -- ZADD NX: a job already placed keeps its place, so a repeated push cannot reorder it.
 local base = ARGV[1]
 local t = redis.call('TIME')
@@ -11,8 +12,7 @@ local placed = 0
 -- within Lua's stack): a call per job cost a 1,000-job push more than the adds themselves.
 local ready = {}
 local order = {}
-for i = 2, #ARGV do
-  local id, jtype, score, due = string.match(ARGV[i], '^([^|]+)|([^|]+)|([^|]+)|([^|]+)$')
+for id, jtype, score, due in string.gmatch(ARGV[2], '([^|:]+)|([^|:]+)|([^|:]+)|([^|:]+)') do
   due = tonumber(due)
   if due > now then
     placed = placed + redis.call('ZADD', KEYS[2], 'NX', due, id)
