@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.queue.redis_queue import RedisQueue
-from shared.store.jobs import JobStore
+from shared.store.jobs import ACTIVE, JobStore
 
 
 @dataclass
@@ -22,17 +22,16 @@ class Reconciled:
 async def reconcile(store: JobStore, queue_of: Callable[[str], RedisQueue],
                     lease_seconds: float, page: int = 1000) -> Reconciled:
     done = Reconciled()
-    after = 0
-    while True:
-        rows = await store.active_page(after, page)
-        if not rows:
-            return done
-        by_queue: dict[str, list[Any]] = {}
-        for r in rows:
-            by_queue.setdefault(r["queue"], []).append(r)
-        for name, group in by_queue.items():
-            ready, delayed, leases = await queue_of(name).ensure(group, lease_seconds)
-            done.reconciled_ready += ready
-            done.reconciled_delayed += delayed
-            done.leases_restored += leases
-        after = rows[-1]["seq"]
+    for status in ACTIVE:  # a page reads one status's index range, never finished jobs
+        after = 0
+        while rows := await store.active_page(status, after, page):
+            by_queue: dict[str, list[Any]] = {}
+            for r in rows:
+                by_queue.setdefault(r["queue"], []).append(r)
+            for name, group in by_queue.items():
+                ready, delayed, leases = await queue_of(name).ensure(group, lease_seconds)
+                done.reconciled_ready += ready
+                done.reconciled_delayed += delayed
+                done.leases_restored += leases
+            after = rows[-1]["seq"]
+    return done

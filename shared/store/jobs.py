@@ -851,19 +851,31 @@ class JobStore:
             limit,
         )
 
-    async def active_page(self, after_seq: int, limit: int) -> list[asyncpg.Record]:
-        """Jobs that Redis should know about, in seq order, for the reconcile pass."""
-        return await self.pool.fetch(
-            f"""
-            SELECT {PLACE_COLUMNS} FROM jobs
-            WHERE status = ANY('{{QUEUED,RETRYING,PROCESSING}}') AND seq > $1
-            ORDER BY seq LIMIT $2""",
-            after_seq,
-            limit,
-        )
+    async def active_page(self, status: Status, after_seq: int, limit: int
+                          ) -> list[asyncpg.Record]:
+        """Jobs of one status Redis should know about (``ACTIVE``), in seq order, for the
+        reconcile pass."""
+        return await self.pool.fetch(ACTIVE_PAGE_SQL[status], after_seq, limit)
 
     async def scheduled_waiting(self) -> int:
         return int((await self.stats())["by_status"][Status.PENDING])
+
+
+# Jobs Redis should hold: the reconcile pass walks them one status at a time.
+ACTIVE = (Status.QUEUED, Status.RETRYING, Status.PROCESSING)
+# A reconcile page: one status's jobs after a seq, in seq order, read from the
+# ``(status, seq)`` index, so a page reads its own rows whatever else the table holds.
+# The status is a one-element ``ANY`` literal and the order ``status, seq`` so that only
+# that index gives the order: with ``status = ANY('{QUEUED,RETRYING,PROCESSING}') ORDER
+# BY seq`` the planner walked the seq index and filtered (it takes seq order for heap
+# order), reading every finished job before the first active one: 41-67 ms a page with
+# 350,000 finished rows, 0.4-0.6 ms this way, custom or generic plan alike.
+ACTIVE_PAGE_SQL = {
+    status: f"""
+    SELECT {PLACE_COLUMNS} FROM jobs
+    WHERE status = ANY('{{{status.value}}}') AND seq > $1
+    ORDER BY status, seq LIMIT $2"""
+    for status in ACTIVE}
 
 
 _LATE_RELEASES: set[asyncio.Future[None]] = set()  # kept referenced until they end
