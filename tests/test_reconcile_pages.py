@@ -22,9 +22,9 @@ async def _fill(db, active: int) -> dict[Status, list[int]]:
         SELECT 'noop', '{}', 5, s, 3, 30, CASE WHEN s = 'COMPLETED' THEN now() END
         FROM generate_series(1, $1) i, LATERAL (SELECT ($2::text[])[1 + i % cardinality($2)]) t(s)
         RETURNING seq, status"""
-    await db.execute(insert.replace(" RETURNING seq, status", ""), FINISHED, ["COMPLETED"])
+    await db.execute(insert, FINISHED, ["COMPLETED"])
     rows = await db.fetch(insert, active, ["QUEUED", "RETRYING", "PROCESSING", "FAILED"])
-    await db.execute(insert.replace(" RETURNING seq, status", ""), 1_000, ["COMPLETED"])
+    await db.execute(insert, 1_000, ["COMPLETED"])
     await db.execute("ANALYZE jobs")
     active: dict[Status, list[int]] = {s: [] for s in ACTIVE}
     for r in rows:
